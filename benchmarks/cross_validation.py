@@ -1,0 +1,154 @@
+"""5-fold cross-validation of both models and three preprocessings on a labelled data set.
+
+Each fold holds out one fifth of the images as its test set (duplicates kept together); the
+model is trained on the rest, stopped early and thresholded on a validation part of it, and
+scored once on the held-out fold. The table gives test AUROC mean and spread over folds.
+
+    python benchmarks/cross_validation.py --data ../shared/data/tb-cxr-dev --out /tmp/cv
+    python benchmarks/cross_validation.py --data DIR --out DIR --variants mobilenet_ft:clahe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    # name: (config, model overrides)
+    "simple_cnn": ("simple_cnn.yaml", {}),
+    "mobilenet_ft": ("mobilenet.yaml", {}),
+    "mobilenet_frozen": ("mobilenet.yaml", {"freeze_epochs": 10_000}),
+}
+DEFAULT_RUNS = [
+    "simple_cnn:none", "simple_cnn:equalize", "simple_cnn:clahe",
+    "mobilenet_ft:none", "mobilenet_ft:equalize", "mobilenet_ft:clahe",
+    "mobilenet_frozen:clahe",
+]
+
+
+def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespace) -> dict:
+    """Train one fold and return its held-out test metrics."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    import tbclf.models as models
+    from tbclf.data.datamodule import TBDataModule
+    from tbclf.models.backbone import offline_mobilenetv2_weights
+
+    torch.set_num_threads(max(1, args.threads))
+    config_name, overrides = VARIANTS[variant]
+    config = yaml.safe_load((REPO / "configs" / config_name).read_text())
+    model_cfg = config["model"]
+    kwargs = {**model_cfg["init_args"], **overrides}
+    if "Timm" in model_cfg["class_path"]:
+        kwargs.update(pretrained=False, weights=str(offline_mobilenetv2_weights()))
+    pl.seed_everything(args.seed, workers=True)
+    model = getattr(models, model_cfg["class_path"].rsplit(".", 1)[1])(**kwargs)
+    data = TBDataModule(
+        root=args.data, preprocessing=preprocessing, image_size=args.image_size,
+        batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,
+        num_folds=args.folds, fold=fold, val_fraction=0.15, cache_dir=args.cache,
+    )
+    out = Path(args.out) / f"{variant}-{preprocessing}" / f"fold{fold}"
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val/auroc", mode="max")
+    trainer = pl.Trainer(
+        max_epochs=args.epochs, accelerator="auto", devices=1, logger=False,
+        callbacks=[checkpoint, EarlyStopping("val/auroc", mode="max", patience=args.patience)],
+        enable_progress_bar=False, enable_model_summary=False, deterministic=False,
+        precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    result = trainer.test(model, datamodule=data, ckpt_path=checkpoint.best_model_path,
+                          verbose=False)[0]
+    row = {
+        "variant": variant, "preprocessing": preprocessing, "fold": fold,
+        "test_auroc": float(result["test/auroc"]),
+        "test_sensitivity": float(result.get("test/sensitivity", float("nan"))),
+        "test_specificity": float(result.get("test/specificity", float("nan"))),
+        "best_val_auroc": float(checkpoint.best_model_score),
+        "epochs": int(trainer.current_epoch), "seconds": time.perf_counter() - start,
+        "n_test": len(data.split["test"]),
+    }
+    os.remove(checkpoint.best_model_path)  # keep the output folder small
+    (out / "result.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def run_variant(spec: str, args: argparse.Namespace) -> list[dict]:
+    variant, preprocessing = spec.split(":")
+    rows = []
+    for fold in range(args.folds):
+        done = Path(args.out) / f"{variant}-{preprocessing}" / f"fold{fold}" / "result.json"
+        if done.exists():
+            rows.append(json.loads(done.read_text()))
+            continue
+        row = run_fold(variant, preprocessing, fold, args)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["variant"], row["preprocessing"]), []).append(row)
+    lines = [
+        "| model | preprocessing | test AUROC mean | std | min-max | sens. / spec. mean | folds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (variant, prep), group in groups.items():
+        auc = [r["test_auroc"] for r in group]
+        sens = statistics.mean(r["test_sensitivity"] for r in group)
+        spec = statistics.mean(r["test_specificity"] for r in group)
+        std = statistics.stdev(auc) if len(auc) > 1 else 0.0
+        lines.append(
+            f"| {variant} | {prep} | {statistics.mean(auc):.3f} | {std:.3f} | "
+            f"{min(auc):.3f}-{max(auc):.3f} | {sens:.2f} / {spec:.2f} | {len(group)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="labelled data root")
+    parser.add_argument("--out", required=True, help="folder for per-fold results")
+    parser.add_argument("--cache", default=".cache/tbclf")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_RUNS,
+                        help="model:preprocessing pairs, models: " + ", ".join(VARIANTS))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
+    parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(run_variant, args.variants, [args] * len(args.variants)))
+    else:
+        results = [run_variant(spec, args) for spec in args.variants]
+    rows = [row for group in results for row in group]
+    text = table(rows)
+    print(text)
+    print(f"\n{len(rows)} folds in {time.perf_counter() - start:.0f} s")
+    (Path(args.out) / "table.md").write_text(text + "\n")
+    (Path(args.out) / "rows.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

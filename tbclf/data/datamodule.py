@@ -1,0 +1,320 @@
+"""TBDataModule: from a folder of X-rays to leakage-free, cached, augmented batches.
+
+setup() does all the slow and failure-prone work up front (discover, hash, decode every image
+once into the cache, split), so a bad file or a one-class split stops the run before training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from tbclf.data import layouts
+from tbclf.data.cache import DecodeCache
+from tbclf.data.dataset import CachedImageDataset, seed_worker
+from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from tbclf.data.records import Record
+from tbclf.data.splits import (
+    SPLIT_NAMES,
+    Split,
+    class_counts,
+    describe_duplicates,
+    find_duplicates,
+    hash_files,
+    load_split,
+    make_fold_split,
+    make_split,
+    save_split,
+)
+from tbclf.data.transforms import build_transforms
+from tbclf.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+class TBDataModule(pl.LightningDataModule):
+    """Healthy (0) vs TB (1) chest X-rays; every dataloader yields the batch dict contract:
+    {"image": float32 (B,1,S,S) in [0,1], "label": float32 (B,) NaN if unlabeled,
+    "id": list[str], "source": list[str]}."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        layout: str = "auto",
+        preprocessing: str = "clahe",
+        clahe_clip_limit: float = 2.0,
+        clahe_tile_grid: int = 8,
+        image_size: int = 224,
+        resize: str = "pad",
+        crop_border: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        seed: int = 42,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        num_folds: int | None = None,
+        fold: int = 0,
+        split_file: str | Path | None = None,
+        cache_dir: str | Path = ".cache/tbclf",
+        predict_root: str | Path | None = None,
+        download: bool = False,
+        skip_bad_images: bool = False,
+        hflip: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        """
+        Args:
+            root: Folder with the labelled images (NLM names, class folders or a Zindi CSV).
+            layout: "auto", "nlm", "zindi" or "folders".
+            preprocessing: Contrast step at every stage: "clahe", "equalize" or "none".
+            clahe_clip_limit: CLAHE clip limit (>= 1).
+            clahe_tile_grid: CLAHE tiles per side.
+            image_size: Side of the square model input in pixels.
+            resize: "pad" keeps the aspect ratio with black bars, "squash" stretches.
+            crop_border: Remove near-black bands along the image edges before resizing.
+            batch_size: Images per batch.
+            num_workers: DataLoader worker processes (also used to warm the cache).
+            seed: Fixes the split and the training order/augmentation.
+            val_fraction: Share of the data for validation (threshold and checkpoint choice).
+            test_fraction: Share of the data held out for the final test.
+            num_folds: Use k-fold splitting instead of fractions (test = fold `fold`).
+            fold: Which fold is the test set when num_folds is set.
+            split_file: JSON split (from a previous run's split.json) to reuse exactly.
+            cache_dir: Where decoded, resized images are cached.
+            predict_root: Folder, image or Zindi CSV to predict on.
+            download: Download the public NLM sets into root when it has no images.
+            skip_bad_images: Drop unreadable images with one warning instead of failing.
+            hflip: Random horizontal flips in training (off: it moves the heart to the right).
+            max_pixels: Refuse images with more pixels (decompression-bomb guard).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f"data.resize={resize!r} is not one of {RESIZE_MODES}.")
+        if int(image_size) < 8:
+            raise ConfigError(f"data.image_size={image_size} must be at least 8 pixels.")
+        if int(batch_size) < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1.")
+        if int(num_workers) < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0.")
+        if num_folds is not None and (int(num_folds) < 2 or not 0 <= int(fold) < int(num_folds)):
+            raise ConfigError(
+                f"data.num_folds={num_folds} / data.fold={fold}: need num_folds >= 2 and "
+                "0 <= fold < num_folds."
+            )
+        self.root = Path(root).expanduser() if root is not None else None
+        self.layout = layout
+        self.preprocessing = preprocessing
+        self.clahe_clip_limit = clahe_clip_limit
+        self.clahe_tile_grid = clahe_tile_grid
+        self.image_size = int(image_size)
+        self.resize = resize
+        self.crop_border = crop_border
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.num_folds = None if num_folds is None else int(num_folds)
+        self.fold = int(fold)
+        self.split_file = Path(split_file) if split_file is not None else None
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.predict_root = Path(predict_root).expanduser() if predict_root is not None else None
+        self.download = download
+        self.skip_bad_images = skip_bad_images
+        self.hflip = hflip
+        self.max_pixels = int(max_pixels)
+        # Fail on a bad preprocessing name now, not after minutes of caching.
+        self.transforms = {
+            stage: build_transforms(
+                stage, preprocessing, clahe_clip_limit, clahe_tile_grid, hflip, seed=self.seed
+            )
+            for stage in ("train", "val", "test", "predict")
+        }
+        self.cache = DecodeCache(self.cache_dir, self.image_size, resize, crop_border, max_pixels)
+
+        self.records: list[Record] = []
+        self.split: Split = {}
+        self.duplicates: list[list[Record]] = []
+        self.bad_records: list[Record] = []
+        self.hashes: dict[Path, str] = {}
+        self.predict_records: list[Record] = []
+        self.split_path: Path | None = None
+        self._datasets: dict[str, CachedImageDataset] = {}
+        self._train_generator: torch.Generator | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self._setup_predict()
+            return
+        if not self.split:
+            self._setup_labeled()
+        self._write_split_for_run()
+
+    def _discover(self) -> list[Record]:
+        if self.root is None:
+            raise DataError(
+                "data.root is not set: point it at the folder with the chest X-rays "
+                "(NLM names, class folders or a Zindi CSV)."
+            )
+        if self.download and not _has_any_file(self.root):
+            from tbclf.data.download import ensure_nlm_data
+
+            ensure_nlm_data(self.root)
+        try:
+            return layouts.discover(self.root, self.layout)
+        except DataError:
+            if not self.download:
+                raise
+            # The folder had something, but no usable images: fetch the NLM sets into it.
+            from tbclf.data.download import ensure_nlm_data
+
+            ensure_nlm_data(self.root)
+            return layouts.discover(self.root, self.layout)
+
+    def _hash(self, records: list[Record]) -> dict[Path, str]:
+        return hash_files(records, memo_file=self.cache_dir / "file-hashes.json")
+
+    def _setup_labeled(self) -> None:
+        records = self._discover()
+        hashes = self._hash(records)
+        self.duplicates = find_duplicates(records, hashes)
+        if self.duplicates:
+            log.warning(
+                "%d group(s) of byte-identical images; each group is kept in one split: %s",
+                len(self.duplicates),
+                describe_duplicates(self.duplicates),
+            )
+        kept = self.cache.warm(records, hashes, self.num_workers, self.skip_bad_images)
+        kept_paths = {Path(r.path) for r in kept}
+        self.bad_records = [r for r in records if Path(r.path) not in kept_paths]
+        if self.split_file is not None:
+            split = load_split(self.split_file, records, self.root)
+            split = {k: [r for r in v if Path(r.path) in kept_paths] for k, v in split.items()}
+        elif self.num_folds is not None:
+            split = make_fold_split(
+                kept, hashes, self.seed, self.num_folds, self.fold, self.val_fraction
+            )
+        else:
+            split = make_split(kept, hashes, self.seed, self.val_fraction, self.test_fraction)
+        self.records, self.hashes, self.split = kept, hashes, split
+        self.duplicates = [g for g in self.duplicates if all(Path(r.path) in kept_paths for r in g)]
+        log.info(
+            "Data: %d images; %s",
+            len(kept),
+            ", ".join(f"{k}={len(v)} {class_counts(v)}" for k, v in split.items()),
+        )
+        for name in SPLIT_NAMES:
+            self._datasets[name] = CachedImageDataset(
+                split[name], hashes, self.cache, self.transforms[name]
+            )
+
+    def _setup_predict(self) -> None:
+        if self.predict_root is None:
+            raise DataError(
+                "data.predict_root is not set: point it at a folder of images, one image or a "
+                "Zindi CSV (ID column) to predict on."
+            )
+        records = layouts.discover_predict(self.predict_root)
+        hashes = self._hash(records)
+        kept = self.cache.warm(records, hashes, self.num_workers, self.skip_bad_images)
+        self.predict_records = kept
+        self.hashes = {**self.hashes, **hashes}
+        self._datasets["predict"] = CachedImageDataset(
+            kept, hashes, self.cache, self.transforms["predict"]
+        )
+
+    def split_meta(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "num_folds": self.num_folds,
+            "fold": self.fold,
+            "layout": self.layout,
+            "split_file": str(self.split_file) if self.split_file else None,
+            "duplicates": [[str(r.path) for r in g] for g in self.duplicates],
+            "skipped_bad_images": [str(r.path) for r in self.bad_records],
+        }
+
+    def save_split(self, path: Path) -> Path:
+        """Write the split in use, so a run can be repeated exactly (data.split_file)."""
+        if not self.split:
+            raise RuntimeError("call setup() before save_split()")
+        save_split(Path(path), self.split, self.root, self.split_meta())
+        return Path(path)
+
+    def _write_split_for_run(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        log_dir = getattr(trainer, "log_dir", None)
+        if not log_dir:
+            return
+        self.split_path = self.save_split(Path(log_dir) / "split.json")
+
+    # ------------------------------------------------------------------ loaders
+
+    def _dataset(self, name: str) -> CachedImageDataset:
+        if name not in self._datasets:
+            if name == "predict":
+                self._setup_predict()
+            else:
+                self.setup("fit")
+        return self._datasets[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self._dataset(name)
+        generator = None
+        if shuffle:
+            if self._train_generator is None:
+                self._train_generator = torch.Generator().manual_seed(self.seed)
+            generator = self._train_generator
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            # A batch of one breaks BatchNorm in training; dropping the ragged tail avoids it.
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if not self._dataset("test").records:
+            raise DataError(
+                "The test split is empty (data.test_fraction=0 and no folds); set "
+                "data.test_fraction > 0 or data.num_folds to test."
+            )
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+    @property
+    def class_counts(self) -> dict[str, dict[int | None, int]]:
+        return {name: class_counts(records) for name, records in self.split.items()}
+
+
+def _has_any_file(root: Path) -> bool:
+    if not root.exists():
+        return False
+    if root.is_file():
+        return True
+    return any(p.is_file() for p in root.rglob("*"))

@@ -1,0 +1,255 @@
+"""Decode chest X-rays of any common encoding into one uint8 grayscale channel.
+
+Sources differ (8-bit RGB JPEGs, 12-bit values stored in 16-bit PNGs, RGBA exports), so every
+image is brought to the same representation here, once, before caching and augmentation.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tbclf.errors import ConfigError, DataError
+
+DEFAULT_MAX_PIXELS = 200_000_000
+RESIZE_MODES = ("pad", "squash")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8"
+# JPEG start-of-frame markers carry the image size; C4/C8/CC are other segment types.
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def _unreadable(path: Path, why: str) -> DataError:
+    return DataError(
+        f"Image {path} is unreadable ({why}). Remove or replace the file, or set "
+        "data.skip_bad_images=true to skip unreadable images."
+    )
+
+
+def _jpeg_layout(data: bytes) -> tuple[int, int, int]:
+    """(height, width, offset of the start-of-scan marker) from JPEG markers; -1 when unknown."""
+    height = width = -1
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:  # stray bytes between segments: skip to the next marker, as libjpeg
+            nxt = data.find(b"\xff", i)
+            if nxt < 0:
+                break
+            i = nxt
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF_MARKERS and i + 9 <= n:
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return height, width, i
+        i += 2 + length
+    return height, width, -1
+
+
+def image_header(data: bytes, path: Path) -> tuple[str, int, int]:
+    """(format, height, width) from the PNG IHDR or JPEG SOF header, without decoding pixels."""
+    if len(data) == 0:
+        raise _unreadable(path, "the file is empty")
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise _unreadable(path, "the PNG header is truncated or corrupt")
+        width, height = struct.unpack(">II", data[16:24])
+        return "png", height, width
+    if data.startswith(_JPEG_SIGNATURE):
+        height, width, sos = _jpeg_layout(data)
+        if height <= 0 or width <= 0 or sos < 0:
+            raise _unreadable(path, "the JPEG header is truncated or corrupt")
+        # Entropy-coded data stuffs 0xFF bytes, so an end-of-image marker after the scan start
+        # is the reliable sign that the file is complete (libjpeg silently fills gray otherwise).
+        if data.find(b"\xff\xd9", sos) < 0:
+            raise _unreadable(path, "the JPEG data is truncated")
+        return "jpeg", height, width
+    raise _unreadable(path, "not a PNG or JPEG file")
+
+
+def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise DataError(
+            f"Image {path} is {width}x{height} = {height * width} pixels, more than "
+            f"data.max_pixels={max_pixels} (a guard against decompression bombs). Raise "
+            "data.max_pixels if the image is genuine, or remove the file."
+        )
+
+
+def effective_bit_depth(max_value: int) -> int:
+    """Smallest of 8/10/12/14/16 bits that holds max_value (12-bit data lives in 16-bit PNGs)."""
+    for bits in _BIT_DEPTHS:
+        if max_value < (1 << bits):
+            return bits
+    return 16
+
+
+def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+    """Scale by the effective bit depth, so 12-bit images keep their contrast, without clipping."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype != np.uint16:
+        raise _unreadable(path, f"unsupported pixel type {img.dtype}")
+    bits = effective_bit_depth(int(img.max()) if img.size else 0)
+    top = (1 << bits) - 1
+    lut = np.round(np.arange(top + 1, dtype=np.float64) * (255.0 / top)).astype(np.uint8)
+    return lut[img]
+
+
+def _to_gray(img: np.ndarray) -> np.ndarray:
+    """One channel: drop alpha; keep one plane when channels are equal (exact), else luminance."""
+    if img.ndim == 2:
+        return img
+    channels = img.shape[2]
+    if channels == 1:
+        return img[:, :, 0]
+    if channels == 2:  # gray + alpha
+        return np.ascontiguousarray(img[:, :, 0])
+    bgr = img[:, :, :3]
+    b, g, r = bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2]
+    if np.array_equal(b, g) and np.array_equal(b, r):
+        return np.ascontiguousarray(b)
+    return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2GRAY)
+
+
+def _reduced_flag(height: int, width: int, min_side: int | None) -> int | None:
+    """The largest IMREAD_REDUCED_GRAYSCALE factor that still leaves 2x the needed resolution."""
+    if not min_side:
+        return None
+    for factor, flag in (
+        (8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+        (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+        (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    ):
+        if min(height, width) // factor >= 2 * min_side:
+            return flag
+    return None
+
+
+def _imdecode(buf: np.ndarray, flags: int, path: Path, fmt: str) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(buf, flags)
+    except cv2.error as exc:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) raise, not return None
+        raise _unreadable(path, f"OpenCV refused the {fmt.upper()} data: {exc.err}") from None
+
+
+def _decode(path: Path, max_pixels: int, min_side: int | None = None) -> np.ndarray:
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block read() forever
+            raise _unreadable(path, "not a regular file")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"Image {path} does not exist. Check data.root or the CSV.") from None
+    except OSError as exc:
+        raise _unreadable(path, f"cannot read the file: {exc.strerror or exc}") from None
+    fmt, height, width = image_header(data, path)
+    _check_pixels(path, height, width, max_pixels)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = None
+    flag = _reduced_flag(height, width, min_side) if fmt == "jpeg" else None
+    if flag is not None:
+        img = _imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION, path, fmt)
+    if img is None:
+        img = _imdecode(buf, cv2.IMREAD_UNCHANGED, path, fmt)
+    if img is None or img.size == 0:
+        raise _unreadable(path, f"OpenCV could not decode the {fmt.upper()} data")
+    return _to_uint8(_to_gray(img), path)
+
+
+def read_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an 8/16-bit gray/RGB/RGBA PNG or JPEG as uint8 HxW.
+
+    Bytes are decoded from memory, so non-ASCII paths work; the header is checked against
+    max_pixels before any pixel is decoded.
+    """
+    return _decode(Path(path), max_pixels)
+
+
+def crop_black_border(img: np.ndarray, threshold: int = 10, min_keep: float = 0.5) -> np.ndarray:
+    """Remove near-black bands along the edges (Montgomery scans carry one at the bottom).
+
+    A row/column belongs to a band when at most 1% of its pixels exceed threshold. Bands are
+    only removed when at least min_keep of each side remains, so a dark image is never
+    cropped to nothing; images without bands come back unchanged (same object).
+    """
+    if img.ndim != 2 or img.size == 0:
+        return img
+    bright = img > threshold
+    h, w = img.shape
+    rows_ok = np.count_nonzero(bright, axis=1) > 0.01 * w
+    cols_ok = np.count_nonzero(bright, axis=0) > 0.01 * h
+    if not rows_ok.any() or not cols_ok.any():
+        return img
+    top, bottom = int(np.argmax(rows_ok)), h - int(np.argmax(rows_ok[::-1]))
+    left, right = int(np.argmax(cols_ok)), w - int(np.argmax(cols_ok[::-1]))
+    if bottom - top < min_keep * h:
+        top, bottom = 0, h
+    if right - left < min_keep * w:
+        left, right = 0, w
+    if (top, bottom, left, right) == (0, h, 0, w):
+        return img
+    return img[top:bottom, left:right]
+
+
+def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    if img.shape == (height, width):
+        return img
+    shrinking = height <= img.shape[0] and width <= img.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
+
+
+def fit_to_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+    """Make a size x size image: "pad" keeps the aspect ratio (zero bars, centred), "squash"
+    stretches. Padding avoids distorting anatomy; squashing uses every pixel for the image."""
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"data.resize={mode!r} is not one of {RESIZE_MODES}.")
+    if size < 1:
+        raise ConfigError(f"data.image_size={size} must be a positive integer.")
+    if mode == "squash":
+        return _resize(img, size, size)
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    nh = min(size, max(1, round(h * scale)))
+    nw = min(size, max(1, round(w * scale)))
+    resized = _resize(img, nh, nw)
+    out = np.zeros((size, size), dtype=img.dtype)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out
+
+
+def load_prepared(
+    path: Path,
+    image_size: int,
+    resize: str = "pad",
+    crop_border: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode, crop borders and fit to image_size: the uint8 square that the cache stores.
+
+    Big JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg when that still leaves twice the
+    target resolution, which saves most of the decode time on multi-megapixel scans.
+    """
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"data.resize={resize!r} is not one of {RESIZE_MODES}.")
+    if image_size < 1:
+        raise ConfigError(f"data.image_size={image_size} must be a positive integer.")
+    img = _decode(Path(path), max_pixels, min_side=image_size)
+    if crop_border:
+        img = crop_black_border(img)
+    return np.ascontiguousarray(fit_to_square(img, image_size, resize))

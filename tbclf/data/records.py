@@ -1,0 +1,19 @@
+"""One record per image: the unit that readers produce and splits, caches and datasets consume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HEALTHY = 0
+TB = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """An image on disk with its identity, label (None when unlabeled) and source set."""
+
+    id: str
+    path: Path
+    label: int | None
+    source: str

@@ -1,0 +1,94 @@
+"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) once predict has finished."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from tbclf.engine.atomic import atomic_write_text
+from tbclf.errors import ConfigError
+
+FIELDS = ["ID", "LABEL", "DECISION"]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Collects the predict loop's outputs and writes them atomically in one go.
+
+    Args:
+        output: CSV path. Default: `predictions.csv` in the checkpoint's run folder (or the
+            trainer's log folder when the checkpoint sits elsewhere).
+        overwrite: replace an existing file. Without it an existing file stops the run before any
+            image is predicted, so a user's earlier predictions are never lost.
+    """
+
+    def __init__(self, output: str | None = None, overwrite: bool = False) -> None:
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.overwrite = overwrite
+        self.default_dir: Path | None = None
+        self.written: Path | None = None
+
+    def resolve_output(self, trainer: pl.Trainer) -> Path:
+        if self.output is not None:
+            return Path(self.output)
+        folder = self.default_dir or Path(trainer.log_dir or ".")
+        return folder / "predictions.csv"
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = self.resolve_output(trainer)
+        if path.exists() and not self.overwrite:
+            raise ConfigError(
+                f"{path} already exists. Pass --writer.overwrite true to replace it, or "
+                "--writer.output OTHER.csv to keep both."
+            )
+        if trainer.world_size > 1:
+            raise ConfigError(
+                "predict writes one CSV from one process: run it with --trainer.devices 1 "
+                "(prediction is fast; DDP is for fit)."
+            )
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           predictions: Any, batch_indices: Any) -> None:
+        rows = list(_rows(predictions))
+        if not rows:
+            raise ConfigError("predict produced no rows: is data.predict_root empty?")
+        path = self.resolve_output(trainer)
+        with_truth = any(row[3] is not None for row in rows)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(FIELDS + (["TRUE_LABEL"] if with_truth else []))
+        for ident, prob, decision, truth in rows:
+            line = [ident, f"{prob:.6f}", decision]
+            if with_truth:
+                line.append("" if truth is None else truth)
+            writer.writerow(line)
+        atomic_write_text(path, buffer.getvalue())
+        self.written = path
+        print(f"wrote {len(rows)} predictions to {path}")
+
+
+def _rows(predictions: Any):
+    """Flatten Lightning's per-dataloader, per-batch outputs into (id, prob, decision, label)."""
+    batches = predictions
+    if batches and isinstance(batches[0], list):
+        batches = [b for group in batches for b in group]
+    for batch in batches:
+        probs = _as_list(batch["prob"])
+        decisions = _as_list(batch["decision"])
+        labels = _as_list(batch.get("label", [None] * len(probs)))
+        for ident, prob, decision, label in zip(batch["id"], probs, decisions, labels, strict=True):
+            truth = None if label is None or math.isnan(float(label)) else int(label)
+            yield str(ident), float(prob), int(decision), truth
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().tolist()
+    return list(value)

@@ -1,0 +1,520 @@
+"""The evaluation report: metrics with confidence intervals, figures and a plain-language summary.
+
+Written for a reader who is not a machine-learning person: what share of TB cases the model
+finds, how many healthy people it flags, how sure we are about those numbers (95% bootstrap
+intervals), whether the WHO triage-test targets are met, and where the threshold came from
+(always the validation set, never the test set it is evaluated on).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from tbclf.errors import DataError
+from tbclf.evaluation.bootstrap import METRIC_NAMES, METRICS, as_arrays, bootstrap_metrics
+from tbclf.evaluation.figures import (
+    WHO_TRIAGE_SENSITIVITY,
+    WHO_TRIAGE_SPECIFICITY,
+    average_precision,
+    calibration_summary,
+    report_figures,
+)
+from tbclf.evaluation.files import (
+    atomic_write_json,
+    atomic_write_text,
+    check_can_write,
+    save_figure,
+)
+
+REPORT_FILES = ("metrics.json", "report.md", "predictions.csv")
+FIGURE_NAMES = ("roc", "precision_recall", "confusion_matrix", "score_histogram", "calibration")
+FIGURE_CAPTIONS = {
+    "roc": "ROC curve: every possible threshold; the dot is the threshold in use, the green "
+    "box the WHO triage target.",
+    "precision_recall": "Precision-recall curve: of the images the model flags, the share that "
+    "truly show TB (precision), against the share of TB cases found (recall).",
+    "confusion_matrix": "Confusion matrix at the threshold in use.",
+    "score_histogram": "Model scores for truly healthy and truly TB images. Overlap is where "
+    "mistakes happen.",
+    "calibration": "Calibration: when the model says 30%, are about 30% of those images TB? "
+    "Points on the diagonal mean the scores can be read as probabilities.",
+}
+
+
+def _who(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    sens = metrics["sensitivity"]
+    spec = metrics["specificity"]
+
+    def ok(v: float | None, target: float) -> bool | None:
+        return None if v is None or not np.isfinite(v) else bool(v >= target)
+
+    return {
+        "sensitivity_target": WHO_TRIAGE_SENSITIVITY,
+        "specificity_target": WHO_TRIAGE_SPECIFICITY,
+        "sensitivity_met": ok(sens["value"], WHO_TRIAGE_SENSITIVITY),
+        "specificity_met": ok(spec["value"], WHO_TRIAGE_SPECIFICITY),
+        "met": (
+            ok(sens["value"], WHO_TRIAGE_SENSITIVITY) is True
+            and ok(spec["value"], WHO_TRIAGE_SPECIFICITY) is True
+        ),
+        # Met even at the pessimistic end of both intervals: the claim survives sampling noise.
+        "met_at_ci_low": (
+            ok(sens["ci_low"], WHO_TRIAGE_SENSITIVITY) is True
+            and ok(spec["ci_low"], WHO_TRIAGE_SPECIFICITY) is True
+        ),
+    }
+
+
+def _threshold_sentence(threshold: float, info: Mapping[str, Any] | None) -> str:
+    """Where the threshold came from, in words."""
+    if not info:
+        return (
+            f"At threshold {threshold:.2f} (no record of how it was chosen; tbclf picks it "
+            "on the validation set, never on the test set)"
+        )
+    if info.get("description"):
+        return f"At threshold {threshold:.2f} ({info['description']})"
+    source = info.get("source") or info.get("split") or "the validation set"
+    if source in ("val", "validation"):
+        source = "the validation set"
+    strategy = info.get("strategy")
+    if strategy == "sensitivity":
+        target = info.get("target_sensitivity")
+        how = (
+            f" for {100 * float(target):.0f}% sensitivity"
+            if target is not None
+            else " for a target sensitivity"
+        )
+    elif strategy == "youden":
+        how = " to maximise sensitivity + specificity (Youden index)"
+    elif strategy in ("fixed", "default"):
+        how = " (a fixed value)"
+    elif strategy:
+        how = f" ({strategy})"
+    else:
+        how = ""
+    return f"At threshold {threshold:.2f}, chosen on {source}{how}"
+
+
+def _ci(m: Mapping[str, float]) -> str:
+    v, lo, hi = m["value"], m["ci_low"], m["ci_high"]
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    if lo is None or not np.isfinite(lo):
+        return f"{v:.2f}"
+    return f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _summary_text(res: Mapping[str, Any], split_name: str) -> list[str]:
+    m = res["metrics"]
+    c = res["confusion"]
+    who = res["who_triage"]
+    n_tb, n_h = res["n_tb"], res["n_healthy"]
+    lines = [
+        f"{_threshold_sentence(res['threshold'], res.get('threshold_info'))}, the model was "
+        f"evaluated on {res['n']} {split_name} images ({n_tb} with TB, {n_h} healthy) that "
+        "played no part in training or in choosing the threshold.",
+        "",
+        f"- **Sensitivity {_ci(m['sensitivity'])}**: it flagged {c['tp']} of the {n_tb} TB "
+        f"cases and missed {c['fn']}.",
+        f"- **Specificity {_ci(m['specificity'])}**: it cleared {c['tn']} of the {n_h} healthy "
+        f"people and flagged {c['fp']} for follow-up testing they did not need.",
+        f"- **PPV {_ci(m['ppv'])} / NPV {_ci(m['npv'])}**: of the images flagged, this share "
+        "truly showed TB / of those cleared, this share was truly healthy. Both depend on how "
+        f"common TB is; here {100 * res['prevalence']:.0f}% of images show TB, far more than in "
+        "most screened populations, where the PPV would be lower and the NPV higher.",
+        f"- **AUROC {_ci(m['auroc'])}**: how well the scores rank TB above healthy over all "
+        "thresholds (0.5 = chance, 1 = perfect).",
+        "",
+        "Numbers in brackets are 95% confidence intervals (bootstrap): with this many test "
+        "images, the true value could plausibly lie anywhere in that range.",
+        "",
+    ]
+    sens_ok = who["sensitivity_met"]
+    spec_ok = who["specificity_met"]
+
+    def word(flag: bool | None) -> str:
+        return "n/a" if flag is None else ("met" if flag else "not met")
+
+    verdict = "**met**" if who["met"] else "**not met**"
+    text = (
+        f"WHO target for a TB triage test (≥{100 * WHO_TRIAGE_SENSITIVITY:.0f}% sensitivity, "
+        f"≥{100 * WHO_TRIAGE_SPECIFICITY:.0f}% specificity): {verdict} "
+        f"(sensitivity {word(sens_ok)}, specificity {word(spec_ok)})."
+    )
+    if who["met"] and not who["met_at_ci_low"]:
+        text += (
+            " The lower ends of the confidence intervals fall short of the targets, so a "
+            "larger test set is needed to confirm it."
+        )
+    elif who["met_at_ci_low"]:
+        text += " Even the lower ends of the confidence intervals meet the targets."
+    lines += [text, ""]
+    return lines
+
+
+def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> list[str]:
+    rows = ["| metric | value | 95% CI |", "|---|---|---|"]
+    for name in METRICS:
+        m = metrics[name]
+        v = m["value"]
+        ci = (
+            "–"
+            if m["ci_low"] is None or not np.isfinite(m["ci_low"])
+            else f"{m['ci_low']:.3f} – {m['ci_high']:.3f}"
+        )
+        rows.append(
+            f"| {METRIC_NAMES[name]} | "
+            f"{'n/a' if v is None or not np.isfinite(v) else f'{v:.3f}'} | {ci} |"
+        )
+    return rows
+
+
+def _source_table(per_source: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    rows = [
+        "| source | images (TB / healthy) | sensitivity | specificity | AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    for src, r in per_source.items():
+        m = r["metrics"]
+        rows.append(
+            f"| {src} | {r['n']} ({r['n_tb']} / {r['n_healthy']}) | {_ci(m['sensitivity'])} | "
+            f"{_ci(m['specificity'])} | {_ci(m['auroc'])} |"
+        )
+    return rows
+
+
+def _errors_list(
+    p: np.ndarray, y: np.ndarray, ids: Sequence[str], threshold: float, k: int = 5
+) -> dict[str, list[dict[str, Any]]]:
+    """The most confident mistakes: false positives with the highest scores, false negatives
+    with the lowest (the images a radiologist should look at first)."""
+    pred = p >= threshold
+    fp = np.flatnonzero(pred & (y == 0))
+    fn = np.flatnonzero(~pred & (y == 1))
+    fp = fp[np.argsort(-p[fp], kind="stable")][:k]
+    fn = fn[np.argsort(p[fn], kind="stable")][:k]
+    return {
+        "false_positives": [{"id": str(ids[i]), "prob": float(p[i])} for i in fp],
+        "false_negatives": [{"id": str(ids[i]), "prob": float(p[i])} for i in fn],
+    }
+
+
+def write_report(
+    probs: Sequence[float] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
+    threshold: float,
+    out_dir: str | Path,
+    sources: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
+    threshold_info: Mapping[str, Any] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    split_name: str = "test",
+    overwrite: bool = False,
+    on_figure: Callable[[str, Figure], None] | None = None,
+) -> dict[str, Any]:
+    """Write metrics.json, report.md, figures (and predictions.csv when ids are given).
+
+    Args:
+        probs: P(TB) per image. labels: 0 healthy / 1 TB (all images must be labelled).
+        threshold: Operating threshold (decision P(TB) >= threshold), chosen on validation.
+        out_dir: Report folder (created).
+        sources: Source set per image; per-source metrics when there are >1 distinct.
+        ids: Image ids: enable predictions.csv and the list of most confident errors.
+        threshold_info: How the threshold was chosen, e.g. {"strategy": "sensitivity",
+            "target_sensitivity": 0.9, "source": "validation"}.
+        n_boot / seed / alpha: Bootstrap settings (percentile intervals, stratified by class).
+        split_name: Which split the data are ("test"), used in the text.
+        overwrite: Replace an earlier report in out_dir.
+        on_figure: Called with (name, figure) for each figure, e.g. to log it to TensorBoard.
+
+    Returns the content of metrics.json.
+    """
+    try:
+        p, y = as_arrays(probs, labels)
+    except ValueError as exc:
+        raise DataError(f"cannot evaluate: {exc}") from None
+    if p.size == 0:
+        raise DataError("cannot evaluate: no predictions")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise DataError(f"threshold must be in [0, 1], got {threshold}")
+    for name, seq in (("sources", sources), ("ids", ids)):
+        if seq is not None and len(seq) != p.size:
+            raise DataError(f"{name} has {len(seq)} entries for {p.size} predictions")
+    names = [*REPORT_FILES, *(f"{f}.png" for f in FIGURE_NAMES)]
+    out = check_can_write(out_dir, names, overwrite)
+    threshold = float(threshold)
+
+    res: dict[str, Any] = bootstrap_metrics(p, y, threshold, n_boot=n_boot, seed=seed, alpha=alpha)
+    res["split"] = split_name
+    res["prevalence"] = float(y.mean())
+    res["decision_rule"] = "TB if P(TB) >= threshold"
+    res["threshold_info"] = dict(threshold_info) if threshold_info else None
+    res["who_triage"] = _who(res["metrics"])
+    res["average_precision"] = average_precision(p, y) if 0 < y.sum() < y.size else None
+    res["calibration"] = calibration_summary(p, y)
+    src = None if sources is None else [str(s) for s in sources]
+    if src is not None and len(set(src)) > 1:
+        src_arr = np.asarray(src)
+        res["per_source"] = {}
+        for s in sorted(set(src)):
+            sel = src_arr == s
+            r = bootstrap_metrics(p[sel], y[sel], threshold, n_boot=n_boot, seed=seed, alpha=alpha)
+            res["per_source"][s] = {
+                k: r[k] for k in ("n", "n_tb", "n_healthy", "metrics", "confusion")
+            }
+    if ids is not None:
+        res["most_confident_errors"] = _errors_list(p, y, ids, threshold)
+
+    auroc = res["metrics"]["auroc"]
+    auroc_text = f"AUROC {_ci(auroc)}" if np.isfinite(auroc["value"]) else ""
+    figs = report_figures(p, y, threshold, auroc_text)
+    res["figures"] = {}
+    for name, fig in figs.items():
+        save_figure(fig, out / f"{name}.png")
+        res["figures"][name] = f"{name}.png"
+        if on_figure is not None:
+            on_figure(name, fig)
+
+    if ids is not None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["ID", "LABEL", "DECISION", "TRUE_LABEL"] + (["SOURCE"] if src else []))
+        for i in range(p.size):
+            row = [ids[i], f"{p[i]:.6f}", int(p[i] >= threshold), int(y[i])]
+            w.writerow(row + ([src[i]] if src else []))
+        atomic_write_text(out / "predictions.csv", buf.getvalue())
+        res["predictions_csv"] = "predictions.csv"
+    atomic_write_json(out / "metrics.json", res)
+    atomic_write_text(out / "report.md", _report_md(res, split_name))
+    return res
+
+
+def _report_md(res: Mapping[str, Any], split_name: str) -> str:
+    lines = [
+        f"# TB screening model: evaluation on the {split_name} set",
+        "",
+        "> Research software, not a medical device: not for diagnosing or excluding TB.",
+        "",
+        "## Summary",
+        "",
+        *_summary_text(res, split_name),
+        "## Metrics",
+        "",
+        *_metrics_table(res["metrics"]),
+        "",
+        f"Decision rule: an image is called TB when the model's P(TB) ≥ {res['threshold']:.4g}. "
+        "The threshold is chosen on the validation set and stored in the checkpoint; the test "
+        "set is never used to choose it.",
+        f"Intervals: {res['bootstrap']['method']}, {res['bootstrap']['n_boot']} replicates, "
+        f"{100 * (1 - res['bootstrap']['alpha']):.0f}% level.",
+        f"Calibration: Brier score {res['calibration']['brier']:.3f}, expected calibration error "
+        f"{res['calibration']['ece']:.3f} ({res['calibration']['n_bins']} equal-width bins).",
+        "",
+        "## Figures",
+        "",
+    ]
+    for name in FIGURE_NAMES:
+        if name in res["figures"]:
+            lines += [f"![{name}]({res['figures'][name]})", "", FIGURE_CAPTIONS[name], ""]
+    if res.get("per_source"):
+        lines += [
+            "## By source",
+            "",
+            "Performance per image source. Large differences suggest the model reacts to how "
+            "and where an image was taken, not only to the lungs; a source with one class only "
+            "has no AUROC and either no sensitivity or no specificity.",
+            "",
+            *_source_table(res["per_source"]),
+            "",
+        ]
+    errs = res.get("most_confident_errors")
+    if errs and (errs["false_positives"] or errs["false_negatives"]):
+        lines += [
+            "## Most confident mistakes",
+            "",
+            "Worth a look by a radiologist (label errors, unusual images, shortcuts):",
+            "",
+        ]
+        for key, title in (
+            ("false_negatives", "Missed TB (lowest scores)"),
+            ("false_positives", "Healthy flagged as TB (highest scores)"),
+        ):
+            if errs[key]:
+                lines.append(
+                    f"- {title}: " + ", ".join(f"`{e['id']}` ({e['prob']:.2f})" for e in errs[key])
+                )
+        lines.append("")
+    files = "`metrics.json` (all numbers)"
+    if res.get("predictions_csv"):
+        files += ", `predictions.csv` (one row per image)"
+    lines += [f"Files: {files}.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- from a CSV
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"CSV {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"CSV {path} cannot be read as UTF-8 text: {exc}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    return header, rows
+
+
+def _parse_float(value: str, path: Path, line: int, column: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise DataError(f"{path} line {line}: {column}={value!r} is not a number.") from None
+    if not np.isfinite(v):
+        raise DataError(f"{path} line {line}: {column}={value!r} is not a finite number.")
+    return v
+
+
+def _parse_label(value: str, path: Path, line: int, column: str) -> int:
+    v = _parse_float(value, path, line, column)
+    if v not in (0.0, 1.0):
+        raise DataError(f"{path} line {line}: {column}={value!r} must be 0 (healthy) or 1 (TB).")
+    return int(v)
+
+
+def implied_threshold(probs: np.ndarray, decisions: np.ndarray) -> float:
+    """A threshold that reproduces the DECISION column with P(TB) >= threshold.
+
+    0.5 when it fits (the default), else the lowest score called TB (or just above the highest
+    score when nothing was called TB). Raises DataError when no single threshold fits.
+    """
+    pos = probs[decisions == 1]
+    neg = probs[decisions == 0]
+    if pos.size and neg.size and neg.max() >= pos.min():
+        raise DataError(
+            "DECISION does not follow one threshold: an image with P(TB) "
+            f"{neg.max():.6f} is called healthy while one with {pos.min():.6f} is called TB. "
+            "Pass threshold=... (--threshold) explicitly."
+        )
+    if (not pos.size or pos.min() >= 0.5) and (not neg.size or neg.max() < 0.5):
+        return 0.5
+    if pos.size:
+        return float(pos.min())
+    return float(min(1.0, np.nextafter(neg.max(), np.inf)))
+
+
+def report_from_csv(
+    predictions_csv: str | Path,
+    out_dir: str | Path,
+    threshold: float | None = None,
+    labels_csv: str | Path | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Evaluation report from a predictions CSV (ID, LABEL = P(TB), DECISION[, TRUE_LABEL,
+    SOURCE]) and true labels from its TRUE_LABEL column or a Zindi-style labels CSV (ID, LABEL).
+
+    threshold defaults to the one implied by DECISION (0.5 when that fits, or when there is no
+    DECISION column).
+    """
+    pred_path = Path(predictions_csv)
+    header, rows = _read_csv(pred_path)
+    for col in ("ID", "LABEL"):
+        if col not in header:
+            raise DataError(
+                f"{pred_path} has no {col} column (found {header}); expected the output of "
+                "`tbclf predict`: ID, LABEL (P(TB)), DECISION[, TRUE_LABEL]."
+            )
+    if not rows:
+        raise DataError(f"{pred_path} has no rows.")
+    ids = [r["ID"] for r in rows]
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dupes:
+        raise DataError(f"{pred_path} lists these IDs more than once: {dupes[:5]}")
+    probs = np.array(
+        [_parse_float(r["LABEL"], pred_path, n + 2, "LABEL") for n, r in enumerate(rows)]
+    )
+    if probs.min() < 0 or probs.max() > 1:
+        raise DataError(f"{pred_path}: LABEL must be a probability in [0, 1].")
+
+    if labels_csv is not None:
+        lab_path = Path(labels_csv)
+        lab_header, lab_rows = _read_csv(lab_path)
+        if "ID" not in lab_header or "LABEL" not in lab_header:
+            raise DataError(f"{lab_path} needs ID and LABEL columns (found {lab_header}).")
+        truth = {
+            r["ID"]: _parse_label(r["LABEL"], lab_path, n + 2, "LABEL")
+            for n, r in enumerate(lab_rows)
+        }
+        missing = [i for i in ids if i not in truth]
+        if missing:
+            raise DataError(
+                f"{lab_path} has no label for {len(missing)} predicted IDs, e.g. "
+                f"{missing[:5]}. Use the labels CSV of the same images."
+            )
+        labels = np.array([truth[i] for i in ids])
+        label_source = str(lab_path)
+    elif "TRUE_LABEL" in header:
+        blank = [r["ID"] for r in rows if r["TRUE_LABEL"] == ""]
+        if blank:
+            raise DataError(
+                f"{pred_path}: {len(blank)} rows have no TRUE_LABEL (e.g. "
+                f"{blank[:5]}); pass labels_csv (--labels) with ID,LABEL for them."
+            )
+        labels = np.array(
+            [
+                _parse_label(r["TRUE_LABEL"], pred_path, n + 2, "TRUE_LABEL")
+                for n, r in enumerate(rows)
+            ]
+        )
+        label_source = f"{pred_path} (TRUE_LABEL)"
+    else:
+        raise DataError(
+            f"{pred_path} has no TRUE_LABEL column: pass labels_csv (--labels), a "
+            "CSV with ID,LABEL for these images (e.g. Zindi's Train.csv)."
+        )
+
+    info: dict[str, Any]
+    if threshold is not None:
+        info = {"strategy": "fixed", "description": "given explicitly"}
+    elif "DECISION" in header:
+        decisions = np.array(
+            [_parse_label(r["DECISION"], pred_path, n + 2, "DECISION") for n, r in enumerate(rows)]
+        )
+        threshold = implied_threshold(probs, decisions)
+        info = {
+            "strategy": "implied",
+            "description": f"implied by the DECISION column of "
+            f"{pred_path.name}, i.e. the threshold stored in the checkpoint, which tbclf "
+            "chooses on the validation set",
+        }
+    else:
+        threshold = 0.5
+        info = {"strategy": "default", "description": "the default; the CSV has no DECISION column"}
+    info["labels_from"] = label_source
+    sources = [r["SOURCE"] for r in rows] if "SOURCE" in header else None
+    return write_report(
+        probs,
+        labels,
+        float(threshold),
+        out_dir,
+        sources=sources,
+        ids=ids,
+        threshold_info=info,
+        n_boot=n_boot,
+        seed=seed,
+        overwrite=overwrite,
+    )

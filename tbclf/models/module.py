@@ -1,0 +1,313 @@
+"""Training, evaluation and prediction logic shared by every tbclf classifier.
+
+Subclasses only build ``self.input_adapter`` (gray [0,1] -> network input) and ``self.net``
+(network input -> (B, 1) logits); loss, optimizer, metrics and the operating threshold live here.
+
+The operating threshold is chosen on the validation set at the end of each validation epoch
+(``tbclf.evaluation.threshold.pick_threshold``) and kept in the ``threshold`` buffer, so the
+checkpoint that ModelCheckpoint keeps for the best ``val/auroc`` carries the threshold picked on
+that same epoch; test metrics and predictions use it unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+from tbclf.errors import ConfigError, DataError
+from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
+
+SCHEDULERS = ("cosine", "plateau", "none")
+STAGES = ("val", "test")
+PLATEAU_FACTOR = 0.1
+PLATEAU_PATIENCE = 3
+MONITOR = "val/auroc"
+
+SchedulerName = Literal["cosine", "plateau", "none"]
+ThresholdStrategy = Literal["sensitivity", "youden"]
+
+
+def _decision_metrics(stage: str) -> MetricCollection:
+    """Metrics of the 0/1 decisions. They are fed decisions, not probabilities, because
+    torchmetrics thresholds with ``prob > t`` while tbclf's rule is ``prob >= t``."""
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(),
+            "sensitivity": BinaryRecall(),
+            "specificity": BinarySpecificity(),
+            "f1": BinaryF1Score(),
+        },
+        prefix=f"{stage}/",
+    )
+
+
+class TBClassifier(pl.LightningModule):
+    """Binary TB classifier: BCE-with-logits, AdamW, AUROC/sensitivity/specificity metrics.
+
+    Args:
+        lr: AdamW learning rate (of the head, for backbones with a separate group).
+        weight_decay: AdamW decoupled weight decay.
+        scheduler: "cosine" (over trainer.max_epochs), "plateau" (ReduceLROnPlateau on
+            val/auroc) or "none".
+        pos_weight: weight of the TB class in the loss (e.g. n_healthy / n_tb); None = 1.
+        threshold_strategy: how the operating threshold is picked on validation data.
+        target_sensitivity: sensitivity the "sensitivity" strategy must reach on validation.
+        channels_last: channels-last memory layout for model and input on CUDA.
+    """
+
+    input_adapter: nn.Module
+    net: nn.Module
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: SchedulerName = "cosine",
+        pos_weight: float | None = None,
+        threshold_strategy: ThresholdStrategy = "sensitivity",
+        target_sensitivity: float = 0.9,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be > 0, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if pos_weight is not None and pos_weight <= 0:
+            raise ConfigError(f"model.pos_weight must be > 0 or null, got {pos_weight}")
+        if threshold_strategy not in STRATEGIES:
+            raise ConfigError(
+                f"model.threshold_strategy must be one of {STRATEGIES}, got {threshold_strategy!r}"
+            )
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ConfigError(
+                f"model.target_sensitivity must be in (0, 1], got {target_sensitivity}"
+            )
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.scheduler_name = scheduler
+        self.pos_weight = None if pos_weight is None else float(pos_weight)
+        self.threshold_strategy = threshold_strategy
+        self.target_sensitivity = float(target_sensitivity)
+        self.channels_last = bool(channels_last)
+
+        self.register_buffer("threshold", torch.tensor(DEFAULT_THRESHOLD, dtype=torch.float32))
+        self.auroc = nn.ModuleDict({stage: BinaryAUROC() for stage in STAGES})
+        self.metrics = nn.ModuleDict({stage: _decision_metrics(stage) for stage in STAGES})
+        self._collected: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGES}
+        # Last epoch's per-image results (numpy arrays "id", "source", "prob", "label"), for the
+        # report code; None until a validation / test epoch has run.
+        self.val_outputs: dict[str, np.ndarray] | None = None
+        self.test_outputs: dict[str, np.ndarray] | None = None
+
+    # ----------------------------------------------------------------- model
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) images in [0, 1] -> (B,) logits."""
+        return self.net(self.input_adapter(images))[:, 0]
+
+    def target_layer(self) -> nn.Module:
+        """The module whose output is the last convolutional feature map (for Grad-CAM)."""
+        raise NotImplementedError
+
+    def _to_channels_last(self) -> None:
+        if self.channels_last and self.device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        self._to_channels_last()
+
+    def on_validation_start(self) -> None:
+        self._to_channels_last()
+
+    def on_test_start(self) -> None:
+        self._to_channels_last()
+
+    def on_predict_start(self) -> None:
+        self._to_channels_last()
+
+    # ------------------------------------------------------------ optimizer
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters as AdamW param groups (subclasses split head/backbone)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "model"}]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.optimizer_param_groups(), lr=self.lr, weight_decay=self.weight_decay
+        )
+        if self.scheduler_name == "none":
+            return optimizer
+        if self.scheduler_name == "cosine":
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is None or max_epochs < 1:
+                raise ConfigError(
+                    "model.scheduler: cosine needs a finite trainer.max_epochs "
+                    f"(got {max_epochs}); set trainer.max_epochs or use scheduler: plateau"
+                )
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch"},
+        }
+
+    # ----------------------------------------------------------------- steps
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pos_weight = (
+            None
+            if self.pos_weight is None
+            else torch.tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
+        )
+        return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        labels = batch["label"].float()
+        if torch.isnan(labels).any():
+            missing = torch.isnan(labels).tolist()
+            ids = [i for i, bad in zip(batch["id"], missing, strict=True) if bad]
+            raise DataError(f"training images without a label: {ids[:10]}")
+        logits = self(batch["image"]).float()
+        loss = self._loss(logits, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=labels.numel())  # fmt: skip
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        logits = self(batch["image"]).float()
+        labels = batch["label"].float().to(logits.device)
+        labeled = ~torch.isnan(labels)
+        if labeled.any():
+            loss = self._loss(logits[labeled], labels[labeled])
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val",
+                     batch_size=int(labeled.sum()))  # fmt: skip
+        n = labels.numel()
+        self._collected[stage].append(
+            {
+                "id": [str(i) for i in batch["id"]],
+                "source": [str(s) for s in batch.get("source", [""] * n)],
+                "prob": torch.sigmoid(logits).detach().cpu().numpy().astype(np.float32),
+                "label": labels.detach().cpu().numpy().astype(np.float32),
+            }
+        )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Per image: id, source, TB probability, decision (prob >= threshold) and label."""
+        probs = torch.sigmoid(self(batch["image"]).float()).detach().cpu()
+        n = probs.numel()
+        label = batch.get("label")
+        return {
+            "id": [str(i) for i in batch["id"]],
+            "source": [str(s) for s in batch.get("source", [""] * n)],
+            "prob": probs,
+            "decision": (probs >= self.threshold.cpu()).to(torch.int64),
+            "label": torch.full((n,), float("nan")) if label is None else label.float().cpu(),
+        }
+
+    # ------------------------------------------------------------- epoch end
+    def on_validation_epoch_start(self) -> None:
+        self._collected["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self._collected["test"] = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def _gathered(self, stage: str) -> dict[str, np.ndarray]:
+        parts = self._collected[stage]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(world, parts)
+            parts = [p for rank_parts in world for p in rank_parts]
+        self._collected[stage] = []
+        if not parts:
+            return {
+                "id": np.array([], dtype=str),
+                "source": np.array([], dtype=str),
+                "prob": np.array([], dtype=np.float32),
+                "label": np.array([], dtype=np.float32),
+            }
+        return {
+            "id": np.array([i for p in parts for i in p["id"]], dtype=str),
+            "source": np.array([s for p in parts for s in p["source"]], dtype=str),
+            "prob": np.concatenate([p["prob"] for p in parts]),
+            "label": np.concatenate([p["label"] for p in parts]),
+        }
+
+    def _epoch_end(self, stage: str) -> None:
+        outputs = self._gathered(stage)
+        sanity = self._trainer is not None and self.trainer.sanity_checking
+        if sanity:
+            return  # a couple of batches: no threshold, no metrics, no warnings
+        setattr(self, f"{stage}_outputs", outputs)
+        labeled = ~np.isnan(outputs["label"])
+        probs, labels = outputs["prob"][labeled], outputs["label"][labeled]
+        if stage == "val":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # warned about below
+                chosen = pick_threshold(
+                    probs, labels, self.threshold_strategy, self.target_sensitivity
+                )
+            self.threshold.fill_(chosen)
+        threshold = float(self.threshold)
+        self.log(f"{stage}/threshold", threshold)
+        if labels.size == 0:
+            return  # unlabeled images: outputs kept, nothing to score
+        n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+        if n_pos == 0 or n_neg == 0:
+            warnings.warn(
+                f"{stage} set has {n_pos} TB and {n_neg} healthy labelled images: AUROC needs "
+                f"both classes and is logged as NaN; threshold used: {threshold}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        probs_t = torch.as_tensor(probs, device=self.device)
+        labels_t = torch.as_tensor(labels, device=self.device).long()
+        collection, auroc = self.metrics[stage], self.auroc[stage]
+        collection.reset()
+        auroc.reset()
+        collection.update((probs_t >= threshold).long(), labels_t)
+        auroc.update(probs_t, labels_t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torchmetrics' one-class warnings
+            values = {k: float(v) for k, v in collection.compute().items()}
+            values[f"{stage}/auroc"] = float(auroc.compute())
+        collection.reset()
+        auroc.reset()
+        if n_pos == 0 or n_neg == 0:
+            values[f"{stage}/auroc"] = float("nan")
+        if n_pos == 0:
+            values[f"{stage}/sensitivity"] = float("nan")
+        if n_neg == 0:
+            values[f"{stage}/specificity"] = float("nan")
+        for name, value in values.items():
+            self.log(name, value, prog_bar=name == MONITOR)
