@@ -28,8 +28,12 @@ VARIANTS = {
     "mobilenet_frozen": ("mobilenet.yaml", {"freeze_epochs": 10_000}),
 }
 DEFAULT_RUNS = [
-    "simple_cnn:none", "simple_cnn:equalize", "simple_cnn:clahe",
-    "mobilenet_ft:none", "mobilenet_ft:equalize", "mobilenet_ft:clahe",
+    "simple_cnn:none",
+    "simple_cnn:equalize",
+    "simple_cnn:clahe",
+    "mobilenet_ft:none",
+    "mobilenet_ft:equalize",
+    "mobilenet_ft:clahe",
     "mobilenet_frozen:clahe",
 ]
 
@@ -54,29 +58,45 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
     pl.seed_everything(args.seed, workers=True)
     model = getattr(models, model_cfg["class_path"].rsplit(".", 1)[1])(**kwargs)
     data = TBDataModule(
-        root=args.data, preprocessing=preprocessing, image_size=args.image_size,
-        batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,
-        num_folds=args.folds, fold=fold, val_fraction=0.15, cache_dir=args.cache,
+        root=args.data,
+        preprocessing=preprocessing,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        seed=args.seed,
+        num_folds=args.folds,
+        fold=fold,
+        val_fraction=0.15,
+        cache_dir=args.cache,
     )
     out = Path(args.out) / f"{variant}-{preprocessing}" / f"fold{fold}"
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val/auroc", mode="max")
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="auto", devices=1, logger=False,
+        max_epochs=args.epochs,
+        accelerator="auto",
+        devices=1,
+        logger=False,
         callbacks=[checkpoint, EarlyStopping("val/auroc", mode="max", patience=args.patience)],
-        enable_progress_bar=False, enable_model_summary=False, deterministic=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=False,
         precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
-    result = trainer.test(model, datamodule=data, ckpt_path=checkpoint.best_model_path,
-                          verbose=False)[0]
+    result = trainer.test(
+        model, datamodule=data, ckpt_path=checkpoint.best_model_path, verbose=False
+    )[0]
     row = {
-        "variant": variant, "preprocessing": preprocessing, "fold": fold,
+        "variant": variant,
+        "preprocessing": preprocessing,
+        "fold": fold,
         "test_auroc": float(result["test/auroc"]),
         "test_sensitivity": float(result.get("test/sensitivity", float("nan"))),
         "test_specificity": float(result.get("test/specificity", float("nan"))),
         "best_val_auroc": float(checkpoint.best_model_score),
-        "epochs": int(trainer.current_epoch), "seconds": time.perf_counter() - start,
+        "epochs": int(trainer.current_epoch),
+        "seconds": time.perf_counter() - start,
         "n_test": len(data.split["test"]),
     }
     os.remove(checkpoint.best_model_path)  # keep the output folder small
@@ -123,8 +143,12 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="labelled data root")
     parser.add_argument("--out", required=True, help="folder for per-fold results")
     parser.add_argument("--cache", default=".cache/tbclf")
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_RUNS,
-                        help="model:preprocessing pairs, models: " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=DEFAULT_RUNS,
+        help="model:preprocessing pairs, models: " + ", ".join(VARIANTS),
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--patience", type=int, default=8)
@@ -134,8 +158,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
     parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only tabulate the folds already finished under --out",
+    )
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        done = sorted(Path(args.out).glob("*/fold*/result.json"))
+        rows = [json.loads(path.read_text()) for path in done]
+        print(table(rows))
+        return
     start = time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:

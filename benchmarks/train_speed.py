@@ -26,32 +26,43 @@ from tbclf.models.backbone import offline_mobilenetv2_weights
 def build(name: str) -> pl.LightningModule:
     if name == "simple_cnn":
         return SimpleCNNClassifier(batch_norm=True, adaptive_pool=4, lr=1e-3, scheduler="none")
-    return TimmClassifier(pretrained=False, weights=str(offline_mobilenetv2_weights()),
-                          freeze_epochs=0, lr=1e-3, scheduler="none")
+    return TimmClassifier(
+        pretrained=False,
+        weights=str(offline_mobilenetv2_weights()),
+        freeze_epochs=0,
+        lr=1e-3,
+        scheduler="none",
+    )
 
 
 def make_batches(n: int, batch: int, size: int, device: torch.device) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     out = []
     for _ in range(n):
-        out.append({
-            "image": torch.rand(batch, 1, size, size, generator=gen).to(device),
-            "label": (torch.rand(batch, generator=gen) > 0.5).float().to(device),
-            "id": [str(i) for i in range(batch)],
-            "source": ["bench"] * batch,
-        })
+        out.append(
+            {
+                "image": torch.rand(batch, 1, size, size, generator=gen).to(device),
+                "label": (torch.rand(batch, generator=gen) > 0.5).float().to(device),
+                "id": [str(i) for i in range(batch)],
+                "source": ["bench"] * batch,
+            }
+        )
     return out
 
 
-def bare_loop(module: pl.LightningModule, batches: list[dict], precision: str,
-              device: torch.device) -> float:
+def bare_loop(
+    module: pl.LightningModule, batches: list[dict], precision: str, device: torch.device
+) -> float:
     module = module.to(device).train()
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
 
     def step(batch: dict) -> None:
         image = batch["image"]
@@ -89,18 +100,28 @@ class _Timer(pl.Callback):
         self.elapsed = time.perf_counter() - self.start
 
 
-def lightning_loop(module: pl.LightningModule, batches: list[dict], precision: str,
-                   device: torch.device) -> float:
+def lightning_loop(
+    module: pl.LightningModule, batches: list[dict], precision: str, device: torch.device
+) -> float:
     warmup = 3
     timer = _Timer(warmup)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, max_epochs=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],
+        accelerator=device.type,
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
         precision="bf16-mixed" if precision == "bf16" else "32-true",
     )
-    cpu_batches = [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()}
-                   for b in batches[:warmup] + batches]
+    cpu_batches = [
+        {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()}
+        for b in batches[:warmup] + batches
+    ]
     loader = DataLoader(cpu_batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
     return timer.elapsed
@@ -137,20 +158,27 @@ def main() -> None:
                 light.append(lightning_loop(build(name), batches, precision, device))
             images = args.steps * args.batch
             row = {
-                "model": name, "precision": precision, "device": str(device),
-                "bare_img_s": images / min(bare), "lightning_img_s": images / min(light),
+                "model": name,
+                "precision": precision,
+                "device": str(device),
+                "bare_img_s": images / min(bare),
+                "lightning_img_s": images / min(light),
             }
             row["lightning_overhead_pct"] = 100 * (min(light) / min(bare) - 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"\n{gpu}, batch {args.batch}, {args.size}x{args.size}, {args.steps} steps, "
-          f"best of {args.repeats}\n")
+    print(
+        f"\n{gpu}, batch {args.batch}, {args.size}x{args.size}, {args.steps} steps, "
+        f"best of {args.repeats}\n"
+    )
     print("| model | precision | bare PyTorch img/s | Lightning img/s | Lightning overhead |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['precision']} | {r['bare_img_s']:.0f} | "
-              f"{r['lightning_img_s']:.0f} | {r['lightning_overhead_pct']:+.1f}% |")
+        print(
+            f"| {r['model']} | {r['precision']} | {r['bare_img_s']:.0f} | "
+            f"{r['lightning_img_s']:.0f} | {r['lightning_overhead_pct']:+.1f}% |"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

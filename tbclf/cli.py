@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rundir import find_checkpoint, run_dir_of
 from tbclf.engine.writer import PredictionWriter
@@ -32,7 +36,12 @@ DESCRIPTION = (
 
 # Data settings that must match between training and prediction: a checkpoint carries them.
 PREPROCESSING_KEYS = (
-    "preprocessing", "clahe_clip_limit", "clahe_tile_grid", "image_size", "resize", "crop_border",
+    "preprocessing",
+    "clahe_clip_limit",
+    "clahe_tile_grid",
+    "image_size",
+    "resize",
+    "crop_border",
 )
 
 
@@ -41,27 +50,33 @@ class TBCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/auroc",
-            "checkpoint.mode": "max",
-            "checkpoint.filename": "best",
-            "checkpoint.save_top_k": 1,
-            "checkpoint.save_last": False,
-            "checkpoint.auto_insert_metric_name": False,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/auroc",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": False,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        parser.set_defaults({
-            "early_stopping.monitor": "val/auroc",
-            "early_stopping.mode": "max",
-            "early_stopping.patience": 10,
-        })
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": "val/auroc",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 10,
+            }
+        )
         parser.add_lightning_class_args(PredictionWriter, "writer")
-        parser.set_defaults({
-            "trainer.logger": {
-                "class_path": "tbclf.engine.rundir.RunLogger",
-                "init_args": {"save_dir": "runs", "name": "tbclf"},
-            },
-        })
+        parser.set_defaults(
+            {
+                "trainer.logger": {
+                    "class_path": "tbclf.engine.rundir.RunLogger",
+                    "init_args": {"save_dir": "runs", "name": "tbclf"},
+                },
+            }
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -97,13 +112,22 @@ class TBCLI(LightningCLI):
         if self.subcommand != "fit" or cfg.get("ckpt_path"):
             # config.yaml is the training config; a resumed fit or a later test/predict in the
             # same run folder keeps it and writes config.<subcommand>.yaml beside it.
-            self.save_config_kwargs = {"config_filename": f"config.{self.subcommand}.yaml",
-                                       "overwrite": True}
+            self.save_config_kwargs = {
+                "config_filename": f"config.{self.subcommand}.yaml",
+                "overwrite": True,
+            }
         if self.subcommand == "predict" and cfg.get("ckpt_path"):
             run_dir = run_dir_of(cfg.ckpt_path)
             self._predict_dir = run_dir
         else:
             self._predict_dir = None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            # Atomic checkpoints: a kill or a full disk never leaves a torn last.ckpt.
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_instantiate_classes(self) -> None:
         writer = self._get(self.config_init, "writer")
@@ -122,8 +146,9 @@ def last_checkpoint() -> ModelCheckpoint:
     Lightning's own `save_last` only writes when a top-k checkpoint is written, so a run whose
     best epoch was early would resume from that epoch; this one does not depend on the monitor.
     """
-    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+    return ModelCheckpoint(
+        filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
 
 
 def _logger_location(cfg: Any) -> tuple[str, str]:
@@ -187,8 +212,9 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
     """
     if not argv or argv[0] not in ("validate", "test", "predict"):
         return argv
-    if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model="))
-           for a in argv):
+    if any(
+        a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in argv
+    ):
         return argv
     ckpt = None
     for i, arg in enumerate(argv):
@@ -223,11 +249,25 @@ def cli_main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             save_config_callback=SaveConfigCallback,
             seed_everything_default=42,
-            trainer_defaults={"callbacks": [last_checkpoint(), ReportCallback(),
-                                            LearningRateMonitor(logging_interval="epoch")]},
+            trainer_defaults={
+                "callbacks": [
+                    last_checkpoint(),
+                    ReportCallback(),
+                    LearningRateMonitor(logging_interval="epoch"),
+                ]
+            },
             parser_kwargs={"description": DESCRIPTION, "env_prefix": "TBCLF"},
             args=None if args is None else argv,
         )
     except TbclfError as error:
         print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(
+            f"error: {error}. Free some space (or point the output elsewhere) and rerun; "
+            "files written before stay valid.",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None

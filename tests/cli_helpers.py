@@ -30,28 +30,43 @@ def make_learnable(root: Path, n_per_class: int = 12, size: int = 48, seed: int 
     return root
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m tbclf ARGS` in cwd and return the finished process (output captured)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("TBCLF_RUN_VERSION", None)
     return subprocess.run(
-        [sys.executable, "-m", "tbclf", *args], cwd=cwd, env=full_env, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "-m", "tbclf", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def small_run_args(data_root: Path, image_size: int = 48, epochs: int = 2) -> list[str]:
     """Overrides that make any config train in seconds on CPU."""
     return [
-        "--data.root", str(data_root),
-        "--data.image_size", str(image_size),
-        "--data.batch_size", "8",
-        "--data.num_workers", "0",
-        "--data.cache_dir", str(data_root.parent / "cache"),
-        "--data.val_fraction", "0.25",
-        "--data.test_fraction", "0.25",
-        "--trainer.max_epochs", str(epochs),
-        "--trainer.accelerator", "cpu",
-        "--trainer.enable_progress_bar", "false",
+        "--data.root",
+        str(data_root),
+        "--data.image_size",
+        str(image_size),
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "0",
+        "--data.cache_dir",
+        str(data_root.parent / "cache"),
+        "--data.val_fraction",
+        "0.25",
+        "--data.test_fraction",
+        "0.25",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
     ]

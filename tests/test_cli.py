@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def _ok(proc) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n" \
-                                 f"STDERR:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,15 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cnn_run(workspace: Path) -> Path:
     """One simple-CNN fit shared by the tests that need a trained checkpoint."""
-    proc = run_cli(["fit", "--config", str(CONFIGS / "simple_cnn.yaml"),
-                    *small_run_args(workspace / "data", epochs=2)], cwd=workspace)
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "simple_cnn.yaml"),
+            *small_run_args(workspace / "data", epochs=2),
+        ],
+        cwd=workspace,
+    )
     _ok(proc)
     return workspace / "runs" / "simple_cnn" / "version_0"
 
@@ -62,9 +70,16 @@ def test_fit_writes_run_folder(cnn_run: Path) -> None:
 
 def test_predict_from_best(cnn_run: Path, workspace: Path) -> None:
     data = workspace / "data"
-    args = ["predict", "--config", str(CONFIGS / "simple_cnn.yaml"),
-            *small_run_args(data), "--data.predict_root", str(data / "sa"),
-            "--ckpt_path", str(cnn_run / "checkpoints" / "best.ckpt")]
+    args = [
+        "predict",
+        "--config",
+        str(CONFIGS / "simple_cnn.yaml"),
+        *small_run_args(data),
+        "--data.predict_root",
+        str(data / "sa"),
+        "--ckpt_path",
+        str(cnn_run / "checkpoints" / "best.ckpt"),
+    ]
     proc = run_cli(args, cwd=workspace)
     _ok(proc)
     out = cnn_run / "predictions.csv"
@@ -83,13 +98,26 @@ def test_predict_from_best(cnn_run: Path, workspace: Path) -> None:
     _ok(run_cli([*args, "--writer.overwrite", "true"], cwd=workspace))
 
 
-def test_predict_without_config_uses_checkpoint(cnn_run: Path, workspace: Path,
-                                                tmp_path: Path) -> None:
+def test_predict_without_config_uses_checkpoint(
+    cnn_run: Path, workspace: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "sub.csv"
-    proc = run_cli(["predict", "--ckpt_path", str(cnn_run / "checkpoints" / "best.ckpt"),
-                    "--data.predict_root", str(workspace / "data" / "sb"),
-                    "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0",
-                    "--writer.output", str(out)], cwd=workspace)
+    proc = run_cli(
+        [
+            "predict",
+            "--ckpt_path",
+            str(cnn_run / "checkpoints" / "best.ckpt"),
+            "--data.predict_root",
+            str(workspace / "data" / "sb"),
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--data.num_workers",
+            "0",
+            "--writer.output",
+            str(out),
+        ],
+        cwd=workspace,
+    )
     _ok(proc)
     assert len(_read_csv(out)) == 24
 
@@ -101,16 +129,18 @@ def test_resume_from_last(workspace: Path, tmp_path: Path) -> None:
     _ok(run_cli([*base, *small_run_args(data, epochs=3), "--ckpt_path", "last"], cwd=tmp_path))
     run = tmp_path / "runs" / "simple_cnn"
     assert sorted(p.name for p in run.iterdir()) == ["version_0"], "resume must reuse the run"
-    last = torch.load(run / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)
+    last = torch.load(
+        run / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert last["epoch"] == 2
     assert (run / "version_0" / "config.yaml").is_file()
     assert (run / "version_0" / "config.fit.yaml").is_file()
 
 
 def test_print_config(tmp_path: Path) -> None:
-    proc = run_cli(["fit", "--config", str(CONFIGS / "mobilenet.yaml"), "--print_config"],
-                   cwd=tmp_path)
+    proc = run_cli(
+        ["fit", "--config", str(CONFIGS / "mobilenet.yaml"), "--print_config"], cwd=tmp_path
+    )
     _ok(proc)
     assert "tbclf.models.TimmClassifier" in proc.stdout
     assert "mobilenetv2_100" in proc.stdout
@@ -118,8 +148,9 @@ def test_print_config(tmp_path: Path) -> None:
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
-    proc = run_cli(["fit", "--config", str(CONFIGS / "mobilenet.yaml"),
-                    "--data.imagesize", "64"], cwd=tmp_path)
+    proc = run_cli(
+        ["fit", "--config", str(CONFIGS / "mobilenet.yaml"), "--data.imagesize", "64"], cwd=tmp_path
+    )
     assert proc.returncode != 0
     assert "imagesize" in proc.stderr
 
@@ -128,38 +159,68 @@ def test_mobilenet_offline_weights_fit_and_predict(workspace: Path, tmp_path: Pa
     from tbclf.models.backbone import offline_mobilenetv2_weights
 
     data = workspace / "data"
-    proc = run_cli(["fit", "--config", str(CONFIGS / "mobilenet.yaml"),
-                    *small_run_args(data, image_size=64, epochs=2),
-                    "--model.init_args.weights", str(offline_mobilenetv2_weights()),
-                    "--model.init_args.freeze_epochs", "1"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "mobilenet.yaml"),
+            *small_run_args(data, image_size=64, epochs=2),
+            "--model.init_args.weights",
+            str(offline_mobilenetv2_weights()),
+            "--model.init_args.freeze_epochs",
+            "1",
+        ],
+        cwd=tmp_path,
+    )
     _ok(proc)
     run = tmp_path / "runs" / "mobilenet" / "version_0"
-    proc = run_cli(["predict", "--ckpt_path", "best",
-                    "--config", str(CONFIGS / "mobilenet.yaml"),
-                    *small_run_args(data, image_size=64),
-                    "--model.init_args.weights", str(offline_mobilenetv2_weights()),
-                    "--data.predict_root", str(data / "sb")], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "predict",
+            "--ckpt_path",
+            "best",
+            "--config",
+            str(CONFIGS / "mobilenet.yaml"),
+            *small_run_args(data, image_size=64),
+            "--model.init_args.weights",
+            str(offline_mobilenetv2_weights()),
+            "--data.predict_root",
+            str(data / "sb"),
+        ],
+        cwd=tmp_path,
+    )
     _ok(proc)
     rows = _read_csv(run / "predictions.csv")
     assert len(rows) == 24
     assert all(0.0 <= float(r["LABEL"]) <= 1.0 for r in rows)
 
 
-def test_checkpoint_of_other_model_is_refused(cnn_run: Path, workspace: Path,
-                                              tmp_path: Path) -> None:
+def test_checkpoint_of_other_model_is_refused(
+    cnn_run: Path, workspace: Path, tmp_path: Path
+) -> None:
     from tbclf.models.backbone import offline_mobilenetv2_weights
 
-    ckpt = torch.load(cnn_run / "checkpoints" / "best.ckpt", map_location="cpu",
-                      weights_only=False)
+    ckpt = torch.load(cnn_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     ckpt.pop("hyper_parameters", None)  # force the config's model, as an old checkpoint would
     foreign = tmp_path / "foreign.ckpt"
     torch.save(ckpt, foreign)
-    proc = run_cli(["predict", "--config", str(CONFIGS / "mobilenet.yaml"),
-                    *small_run_args(workspace / "data"),
-                    "--model.init_args.weights", str(offline_mobilenetv2_weights()),
-                    "--data.predict_root", str(workspace / "data" / "sa"),
-                    "--writer.output", str(tmp_path / "p.csv"),
-                    "--ckpt_path", str(foreign)], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "predict",
+            "--config",
+            str(CONFIGS / "mobilenet.yaml"),
+            *small_run_args(workspace / "data"),
+            "--model.init_args.weights",
+            str(offline_mobilenetv2_weights()),
+            "--data.predict_root",
+            str(workspace / "data" / "sa"),
+            "--writer.output",
+            str(tmp_path / "p.csv"),
+            "--ckpt_path",
+            str(foreign),
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "foreign.ckpt" in proc.stderr and "does not fit" in proc.stderr
     assert not (tmp_path / "p.csv").exists()
@@ -168,22 +229,44 @@ def test_checkpoint_of_other_model_is_refused(cnn_run: Path, workspace: Path,
 def test_empty_predict_folder(cnn_run: Path, workspace: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli(["predict", "--ckpt_path", str(cnn_run / "checkpoints" / "best.ckpt"),
-                    "--data.predict_root", str(empty), "--data.num_workers", "0",
-                    "--writer.output", str(tmp_path / "p.csv")], cwd=workspace)
+    proc = run_cli(
+        [
+            "predict",
+            "--ckpt_path",
+            str(cnn_run / "checkpoints" / "best.ckpt"),
+            "--data.predict_root",
+            str(empty),
+            "--data.num_workers",
+            "0",
+            "--writer.output",
+            str(tmp_path / "p.csv"),
+        ],
+        cwd=workspace,
+    )
     assert proc.returncode != 0
     assert str(empty) in proc.stderr
 
 
 def test_ddp_two_cpu_processes(workspace: Path, tmp_path: Path) -> None:
-    proc = run_cli(["fit", "--config", str(CONFIGS / "simple_cnn.yaml"),
-                    *small_run_args(workspace / "data", epochs=2),
-                    "--trainer.strategy", "ddp", "--trainer.devices", "2"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "simple_cnn.yaml"),
+            *small_run_args(workspace / "data", epochs=2),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+        ],
+        cwd=tmp_path,
+    )
     _ok(proc)
     runs = tmp_path / "runs" / "simple_cnn"
     assert sorted(p.name for p in runs.iterdir()) == ["version_0"], "all ranks share one run"
-    last = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)
+    last = torch.load(
+        runs / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert last["epoch"] == 1
     # Each of the 2 processes sees half the training set (DistributedSampler), batch 8.
     split = json.loads((runs / "version_0" / "split.json").read_text())

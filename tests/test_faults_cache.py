@@ -16,8 +16,10 @@ import pytest
 from imaging import make_png
 
 from tbclf.data.cache import DecodeCache, read_entry
+from tbclf.data.imageio import load_prepared
 from tbclf.data.records import Record
 from tbclf.data.splits import hash_files
+from tbclf.data.transforms import contrast_transform
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -147,8 +149,6 @@ def test_changed_source_or_settings_never_get_a_stale_entry(tmp_path: Path) -> N
     new_hash = hash_files([record], memo)[src]
     second = base.get(record, new_hash)
     assert not np.array_equal(first, second)
-    from tbclf.data.imageio import load_prepared
-
     np.testing.assert_array_equal(second, load_prepared(src, 32))
 
     # Each setting that shapes the cached pixels gives its own entry, equal to a fresh decode.
@@ -156,10 +156,17 @@ def test_changed_source_or_settings_never_get_a_stale_entry(tmp_path: Path) -> N
         DecodeCache(tmp_path / "cache", 48),
         DecodeCache(tmp_path / "cache", 32, resize="squash"),
         DecodeCache(tmp_path / "cache", 32, crop_border=False),
+        DecodeCache(tmp_path / "cache", 32, preprocessing="clahe"),
+        DecodeCache(tmp_path / "cache", 32, preprocessing="clahe", clahe_clip_limit=4.0),
+        DecodeCache(tmp_path / "cache", 32, preprocessing="clahe", clahe_tile_grid=4),
+        DecodeCache(tmp_path / "cache", 32, preprocessing="equalize"),
     ]
     paths = {base.path_for(new_hash)} | {c.path_for(new_hash) for c in variants}
-    assert len(paths) == 4
+    assert len(paths) == 1 + len(variants)
     for c in variants:
         got = c.get(record, new_hash)
         want = load_prepared(src, c.image_size, resize=c.resize, crop_border=c.crop_border)
+        step = contrast_transform(c.preprocessing, c.clahe_clip_limit, c.clahe_tile_grid)
+        if step is not None:
+            want = step(image=want)["image"]
         np.testing.assert_array_equal(got, want)

@@ -242,33 +242,28 @@ def test_cache_on_full_disk_names_the_cache_and_keeps_every_entry_valid(small_di
 
 
 def _checkpoint_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The CheckpointIO that `python -m tbclf fit` trains with (whatever plugin the CLI sets)."""
+    """The CheckpointIO that `python -m tbclf fit --config configs/simple_cnn.yaml` trains with:
+    cli_main builds the trainer exactly as for a real run, and the fit itself is skipped."""
     from cli_helpers import CONFIGS
 
-    from tbclf.cli import TBCLI
-    from tbclf.data.datamodule import TBDataModule
-    from tbclf.models.module import TBClassifier
+    from tbclf import cli
 
-    class BuildOnly(TBCLI):
-        def _run_subcommand(self, subcommand: str) -> None:  # build the trainer, do not fit
-            return None
-
+    built = []
+    monkeypatch.setattr(cli.TBCLI, "_run_subcommand", lambda self, _: built.append(self))
     tmp_path.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
-    cli = BuildOnly(
-        model_class=TBClassifier,
-        datamodule_class=TBDataModule,
-        subclass_mode_model=True,
-        seed_everything_default=42,
-        args=[
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")  # seed_everything sets it; undone after the test
+    cli.cli_main(
+        [
             "fit",
             "--config", str(CONFIGS / "simple_cnn.yaml"),
             "--data.root", str(tmp_path),
             "--trainer.accelerator", "cpu",
             "--trainer.logger", "false",
-        ],
+        ]
     )  # fmt: skip
-    return cli.trainer.strategy.checkpoint_io
+    assert len(built) == 1
+    return built[0].trainer.strategy.checkpoint_io
 
 
 def test_checkpoint_on_full_disk_keeps_the_last_good_checkpoint(

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from tbclf.data import layouts
 from tbclf.data.cache import DecodeCache
-from tbclf.data.dataset import CachedImageDataset, seed_worker
+from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.records import Record
 from tbclf.data.splits import (
@@ -29,6 +29,7 @@ from tbclf.data.splits import (
     load_split,
     make_fold_split,
     make_split,
+    relative_path,
     save_split,
 )
 from tbclf.data.transforms import build_transforms
@@ -129,14 +130,32 @@ class TBDataModule(pl.LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.hflip = hflip
         self.max_pixels = int(max_pixels)
-        # Fail on a bad preprocessing name now, not after minutes of caching.
+        # The deterministic contrast step is cached with the image, so the per-item pipeline is
+        # only augmentation; it ships uint8 and TBDataLoader converts batches to float32.
+        # Building it here fails on a bad preprocessing name now, not after minutes of caching.
         self.transforms = {
             stage: build_transforms(
-                stage, preprocessing, clahe_clip_limit, clahe_tile_grid, hflip, seed=self.seed
+                stage,
+                preprocessing,
+                clahe_clip_limit,
+                clahe_tile_grid,
+                hflip,
+                seed=self.seed,
+                contrast=False,
+                to_float=False,
             )
             for stage in ("train", "val", "test", "predict")
         }
-        self.cache = DecodeCache(self.cache_dir, self.image_size, resize, crop_border, max_pixels)
+        self.cache = DecodeCache(
+            self.cache_dir,
+            self.image_size,
+            resize,
+            crop_border,
+            self.max_pixels,
+            preprocessing=preprocessing,
+            clahe_clip_limit=clahe_clip_limit,
+            clahe_tile_grid=clahe_tile_grid,
+        )
 
         self.records: list[Record] = []
         self.split: Split = {}
@@ -156,7 +175,7 @@ class TBDataModule(pl.LightningDataModule):
             return
         if not self.split:
             self._setup_labeled()
-        self._write_split_for_run()
+        self._write_split_for_run(stage or "fit")
 
     def _discover(self) -> list[Record]:
         if self.root is None:
@@ -164,20 +183,18 @@ class TBDataModule(pl.LightningDataModule):
                 "data.root is not set: point it at the folder with the chest X-rays "
                 "(NLM names, class folders or a Zindi CSV)."
             )
-        if self.download and not _has_any_file(self.root):
-            from tbclf.data.download import ensure_nlm_data
-
-            ensure_nlm_data(self.root)
         try:
             return layouts.discover(self.root, self.layout)
-        except DataError:
+        except DataError as exc:
             if not self.download:
-                raise
-            # The folder had something, but no usable images: fetch the NLM sets into it.
-            from tbclf.data.download import ensure_nlm_data
+                if "data.root" in str(exc):
+                    raise
+                raise DataError(f"data.root={self.root}: {exc}") from None
+        # No usable images (or no folder yet): fetch the public NLM sets into root.
+        from tbclf.data.download import ensure_nlm_data
 
-            ensure_nlm_data(self.root)
-            return layouts.discover(self.root, self.layout)
+        ensure_nlm_data(self.root)
+        return layouts.discover(self.root, self.layout)
 
     def _hash(self, records: list[Record]) -> dict[Path, str]:
         return hash_files(records, memo_file=self.cache_dir / "file-hashes.json")
@@ -232,6 +249,7 @@ class TBDataModule(pl.LightningDataModule):
         )
 
     def split_meta(self) -> dict[str, Any]:
+        root = self.root if self.root is not None else Path.cwd()
         return {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
@@ -240,8 +258,8 @@ class TBDataModule(pl.LightningDataModule):
             "fold": self.fold,
             "layout": self.layout,
             "split_file": str(self.split_file) if self.split_file else None,
-            "duplicates": [[str(r.path) for r in g] for g in self.duplicates],
-            "skipped_bad_images": [str(r.path) for r in self.bad_records],
+            "duplicates": [[relative_path(r.path, root) for r in g] for g in self.duplicates],
+            "skipped_bad_images": [relative_path(r.path, root) for r in self.bad_records],
         }
 
     def save_split(self, path: Path) -> Path:
@@ -251,14 +269,19 @@ class TBDataModule(pl.LightningDataModule):
         save_split(Path(path), self.split, self.root, self.split_meta())
         return Path(path)
 
-    def _write_split_for_run(self) -> None:
+    def _write_split_for_run(self, stage: str) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero:
+        if trainer is None or trainer.logger is None:
+            return  # without a logger, log_dir is the working directory: not a run folder
+        # trainer.log_dir broadcasts under DDP: every rank must ask, or the ranks' later
+        # broadcasts pair up wrongly.
+        log_dir = trainer.log_dir
+        if not log_dir or not trainer.is_global_zero:
             return
-        log_dir = getattr(trainer, "log_dir", None)
-        if not log_dir:
-            return
-        self.split_path = self.save_split(Path(log_dir) / "split.json")
+        # split.json records the training run's split; a later validate/test in the same
+        # run folder writes its own file instead of replacing it.
+        name = "split.json" if stage == "fit" else f"split.{stage}.json"
+        self.split_path = self.save_split(Path(log_dir) / name)
 
     # ------------------------------------------------------------------ loaders
 
@@ -270,25 +293,14 @@ class TBDataModule(pl.LightningDataModule):
                 self.setup("fit")
         return self._datasets[name]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool) -> TBDataLoader:
         dataset = self._dataset(name)
         generator = None
         if shuffle:
             if self._train_generator is None:
                 self._train_generator = torch.Generator().manual_seed(self.seed)
             generator = self._train_generator
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            # A batch of one breaks BatchNorm in training; dropping the ragged tail avoids it.
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=seed_worker,
-            generator=generator,
-        )
+        return build_loader(dataset, self.batch_size, self.num_workers, shuffle, generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -310,11 +322,3 @@ class TBDataModule(pl.LightningDataModule):
     @property
     def class_counts(self) -> dict[str, dict[int | None, int]]:
         return {name: class_counts(records) for name, records in self.split.items()}
-
-
-def _has_any_file(root: Path) -> bool:
-    if not root.exists():
-        return False
-    if root.is_file():
-        return True
-    return any(p.is_file() for p in root.rglob("*"))

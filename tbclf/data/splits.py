@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tbclf.data.records import Record
+from tbclf.engine.atomic import atomic_write_text
 from tbclf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -108,20 +108,6 @@ def _write_memo(path: Path, files: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps({"version": _HASH_MEMO_VERSION, "files": files}))
     except OSError as exc:  # a read-only cache dir only costs re-hashing next time
         log.warning("Could not write the file-hash memo %s: %s", path, exc)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -328,10 +314,11 @@ def make_fold_split(
 # --------------------------------------------------------------------------- split files
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """Posix path relative to root (absolute when outside it), the form split files store."""
     p = Path(path).resolve()
     try:
-        return p.relative_to(root).as_posix()
+        return p.relative_to(Path(root).resolve()).as_posix()
     except ValueError:
         return p.as_posix()
 
@@ -342,7 +329,8 @@ def save_split(path: Path, split: Mapping[str, Sequence[Record]], root: Path, me
     doc: dict[str, Any] = {"version": SPLIT_FILE_VERSION, "seed": meta.get("seed")}
     doc["root"] = str(root)
     doc["splits"] = {
-        name: sorted(_relative(r.path, root) for r in split.get(name, [])) for name in SPLIT_NAMES
+        name: sorted(relative_path(r.path, root) for r in split.get(name, []))
+        for name in SPLIT_NAMES
     }
     doc["counts"] = {
         name: {str(k): v for k, v in class_counts(split.get(name, [])).items()}
@@ -375,7 +363,7 @@ def load_split(path: Path, records: Sequence[Record], root: Path) -> Split:
     ):
         raise DataError(f"data.split_file={path} has no 'splits' with 'train' and 'val' lists.")
     root = Path(root).resolve()
-    index = {_relative(r.path, root): r for r in records}
+    index = {relative_path(r.path, root): r for r in records}
     out: Split = {}
     seen: dict[str, str] = {}
     for name in SPLIT_NAMES:

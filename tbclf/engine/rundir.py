@@ -73,8 +73,9 @@ class RunLogger(TensorBoardLogger):
     environment, so all ranks write to the same folder.
     """
 
-    def __init__(self, save_dir: str = "runs", name: str = "tbclf", version: int | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self, save_dir: str = "runs", name: str = "tbclf", version: int | None = None, **kwargs
+    ) -> None:
         if version is None:
             inherited = os.environ.get(VERSION_ENV)
             if inherited is not None and os.environ.get("LOCAL_RANK") not in (None, "0"):
@@ -82,5 +83,6 @@ class RunLogger(TensorBoardLogger):
             else:
                 version = claim_version(save_dir, name)
                 os.environ[VERSION_ENV] = str(version)
-        super().__init__(save_dir=save_dir, name=name, version=version, default_hp_metric=False,
-                         **kwargs)
+        super().__init__(
+            save_dir=save_dir, name=name, version=version, default_hp_metric=False, **kwargs
+        )

@@ -54,8 +54,13 @@ class PredictionWriter(BasePredictionWriter):
                 "(prediction is fast; DDP is for fit)."
             )
 
-    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           predictions: Any, batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        predictions: Any,
+        batch_indices: Any,
+    ) -> None:
         rows = list(_rows(predictions))
         if not rows:
             raise ConfigError("predict produced no rows: is data.predict_root empty?")

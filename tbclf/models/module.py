@@ -197,7 +197,7 @@ class TBClassifier(pl.LightningModule):
         if labeled.any():
             loss = self._loss(logits[labeled], labels[labeled])
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val",
-                     batch_size=int(labeled.sum()))  # fmt: skip
+                     batch_size=int(labeled.sum()), sync_dist=True)  # fmt: skip
         n = labels.numel()
         self._collected[stage].append(
             {
@@ -279,7 +279,8 @@ class TBClassifier(pl.LightningModule):
                 )
             self.threshold.fill_(chosen)
         threshold = float(self.threshold)
-        self.log(f"{stage}/threshold", threshold)
+        # Every rank holds the gathered outputs, so these values agree across ranks already.
+        self.log(f"{stage}/threshold", threshold, sync_dist=True)
         if labels.size == 0:
             return  # unlabeled images: outputs kept, nothing to score
         n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
@@ -310,4 +311,4 @@ class TBClassifier(pl.LightningModule):
         if n_neg == 0:
             values[f"{stage}/specificity"] = float("nan")
         for name, value in values.items():
-            self.log(name, value, prog_bar=name == MONITOR)
+            self.log(name, value, prog_bar=name == MONITOR, sync_dist=True)
