@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from tbclf.data.datamodule import MODEL_INPUT_KEYS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rundir import find_checkpoint, run_dir_of
@@ -32,16 +33,6 @@ DESCRIPTION = (
     "see `python -m tbclf fit --help`).\nOther commands: "
     + "; ".join(f"{name}: {text}" for name, text in EXTRA_COMMANDS.items())
     + " (see `python -m tbclf eda --help`)."
-)
-
-# Data settings that must match between training and prediction: a checkpoint carries them.
-PREPROCESSING_KEYS = (
-    "preprocessing",
-    "clahe_clip_limit",
-    "clahe_tile_grid",
-    "image_size",
-    "resize",
-    "crop_border",
 )
 
 
@@ -188,7 +179,7 @@ def _use_checkpoint_preprocessing(cfg: Any, ckpt: str) -> None:
     data = cfg.get("data")
     if data is None:
         return
-    for key in PREPROCESSING_KEYS:
+    for key in MODEL_INPUT_KEYS:
         if key in trained and key in data and data[key] != trained[key]:
             warnings.warn(
                 f"data.{key}={data[key]!r} differs from the checkpoint's {trained[key]!r}; "

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from tbclf.data.datamodule import MODEL_INPUT_KEYS
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.errors import ConfigError
 
@@ -24,15 +25,6 @@ DATA_OPTIONS: dict[str, tuple[type, Any, str]] = {
     "num_workers": (int, 2, "decoding processes"),
     "max_pixels": (int, DEFAULT_MAX_PIXELS, "refuse bigger images"),
 }
-SETTINGS_FROM_CHECKPOINT = (
-    "preprocessing",
-    "clahe_clip_limit",
-    "clahe_tile_grid",
-    "image_size",
-    "resize",
-    "crop_border",
-    "max_pixels",
-)
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
@@ -146,7 +138,7 @@ def load_classifier(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, A
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    settings = {k: data[k] for k in SETTINGS_FROM_CHECKPOINT if k in data}
+    settings = {k: data[k] for k in (*MODEL_INPUT_KEYS, "max_pixels") if k in data}
     return model, settings
 
 

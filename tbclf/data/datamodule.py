@@ -35,6 +35,17 @@ from tbclf.data.splits import (
 from tbclf.data.transforms import build_transforms
 from tbclf.errors import ConfigError, DataError
 
+# The data settings that shape what a model sees. A checkpoint carries them (as the data
+# module's hyperparameters), and predict, test and explain reuse them so inputs match training.
+MODEL_INPUT_KEYS = (
+    "preprocessing",
+    "clahe_clip_limit",
+    "clahe_tile_grid",
+    "image_size",
+    "resize",
+    "crop_border",
+)
+
 log = logging.getLogger(__name__)
 
 
