@@ -14,12 +14,14 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from tbclf.data.datamodule import MODEL_INPUT_KEYS
+from tbclf.data.datamodule import MODEL_INPUT_KEYS, TBDataModule
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
+from tbclf.engine.checkpoints import check_checkpoint_matches, read_checkpoint
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rundir import find_checkpoint, run_dir_of
 from tbclf.engine.writer import PredictionWriter
 from tbclf.errors import TbclfError
+from tbclf.models.module import TBClassifier
 
 EXTRA_COMMANDS = {
     "eda": "explore a data set: mean/std images, contrast, eigen-images, histograms",
@@ -126,8 +128,6 @@ class TBCLI(LightningCLI):
             writer.default_dir = self._predict_dir
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt:
-            from tbclf.engine.checkpoints import check_checkpoint_matches
-
             check_checkpoint_matches(self.model, ckpt)
 
 
@@ -174,8 +174,7 @@ def _set_logger_location(cfg: Any, run_dir: Path) -> None:
 
 def _use_checkpoint_preprocessing(cfg: Any, ckpt: str) -> None:
     """Predict/test with the preprocessing the model was trained with, not today's config."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    trained = checkpoint.get("datamodule_hyper_parameters") or {}
+    trained = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
     data = cfg.get("data")
     if data is None:
         return
@@ -215,7 +214,7 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
             ckpt = arg.split("=", 1)[1]
     if not ckpt or not Path(ckpt).is_file():
         return argv
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters")
+    hparams = read_checkpoint(ckpt).get("hyper_parameters")
     class_path = (hparams or {}).get("_class_path")
     return [*argv, "--model", class_path] if class_path else argv
 
@@ -231,9 +230,6 @@ def cli_main(args: list[str] | None = None) -> None:
         if args is None:
             # LightningCLI (and DDP's re-launch of this command) read sys.argv themselves.
             sys.argv[1:] = argv
-        from tbclf.data.datamodule import TBDataModule
-        from tbclf.models.module import TBClassifier
-
         TBCLI(
             model_class=TBClassifier,
             datamodule_class=TBDataModule,

@@ -11,6 +11,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from tbclf.data.datamodule import MODEL_INPUT_KEYS
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
+from tbclf.engine.checkpoints import read_checkpoint
 from tbclf.errors import ConfigError
 
 # The data options that shape what a model sees; eda takes them like training does.
@@ -123,7 +124,7 @@ def load_classifier(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, A
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"--ckpt_path {path}: no such file.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
     if not class_path:

@@ -15,7 +15,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ import numpy as np
 from tbclf.data import imageio
 from tbclf.data.records import Record
 from tbclf.data.transforms import contrast_transform
+from tbclf.engine.atomic import atomic_write_bytes
 from tbclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -133,27 +133,16 @@ class DecodeCache:
         return img
 
     def write(self, file_hash: str, img: np.ndarray) -> None:
-        """Temp file + os.replace: a killed run leaves no partial entry under the final name.
+        """Atomic write: a killed run leaves no partial entry under the final name.
 
         No fsync: an entry is derived data that is rebuilt when its size is wrong, and syncing
         every small entry would dominate warm-up on slow disks.
         """
         path = self.path_for(file_hash)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+            atomic_write_bytes(path, img.tobytes(), fsync=False)
         except OSError as exc:
             raise self._write_error(exc, path) from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(img.tobytes())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; let others sharing the cache read it
-            os.replace(tmp, path)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise self._write_error(exc, path) from exc
-            raise
 
     def _write_error(self, exc: OSError, path: Path) -> OSError:
         """The kernel's message names no file: say which entry, which cache and what to do."""

@@ -18,8 +18,13 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", fsync: bool = True, **kwargs
+) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync and rename it into place.
+
+    `fsync=False` is for derived data that is rebuilt when lost (cache entries): the rename
+    still guarantees no reader sees a partial file, without a disk sync per small entry.
 
     On any error (a full disk included) the temporary file is removed and `path` keeps its old
     content, so what was already written stays valid.
@@ -36,7 +41,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException as exc:
@@ -68,8 +74,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return Path(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
     """Write `data` to `path` atomically."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", fsync=fsync) as handle:
         handle.write(data)
     return Path(path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,16 +12,29 @@ from torch import nn
 from tbclf.errors import ConfigError
 
 
-def check_checkpoint_matches(model: nn.Module, ckpt_path: str | Path) -> None:
-    """Raise ConfigError naming the checkpoint, its model class and the differing keys."""
+@functools.lru_cache(maxsize=2)
+def _load(path: str, mtime_ns: int) -> dict[str, Any]:
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ConfigError(
-            f"{ckpt_path}: not a readable checkpoint ({type(error).__name__}: {error}). "
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {error}). "
             "Pass a .ckpt written by `python -m tbclf fit`."
         ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"{path}: not a tbclf checkpoint; pass a .ckpt written by tbclf fit.")
+    return checkpoint
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint as a dict, read once per process however many steps look into it."""
+    return _load(str(path), Path(path).stat().st_mtime_ns)
+
+
+def check_checkpoint_matches(model: nn.Module, ckpt_path: str | Path) -> None:
+    """Raise ConfigError naming the checkpoint, its model class and the differing keys."""
+    checkpoint = read_checkpoint(ckpt_path)
+    if "state_dict" not in checkpoint:
         raise ConfigError(f"{ckpt_path}: has no 'state_dict'; pass a .ckpt written by tbclf fit.")
     theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
