@@ -6,6 +6,10 @@ scored once on the held-out fold. The table gives test AUROC mean and spread ove
 
     python benchmarks/cross_validation.py --data ../shared/data/tb-cxr-dev --out /tmp/cv
     python benchmarks/cross_validation.py --data DIR --out DIR --variants mobilenet_ft:clahe
+    python benchmarks/cross_validation.py ... --set unfreeze_from=2 --tag uf2   # a model option
+
+Each fold also keeps its held-out predictions (test_predictions.json), so the table adds the
+AUROC of all folds' predictions pooled, and a second table gives it per image source.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
     config_name, overrides = VARIANTS[variant]
     config = yaml.safe_load((REPO / "configs" / config_name).read_text())
     model_cfg = config["model"]
-    kwargs = {**model_cfg["init_args"], **overrides}
+    kwargs = {**model_cfg["init_args"], **args.set, **overrides}  # "frozen" stays frozen
     if "Timm" in model_cfg["class_path"]:
         kwargs.update(pretrained=False, weights=str(offline_mobilenetv2_weights()))
     pl.seed_everything(args.seed, workers=True)
@@ -60,8 +64,8 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
     data = TBDataModule(
         root=args.data,
         preprocessing=preprocessing,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
+        image_size=args.image_size or config["data"]["image_size"],
+        batch_size=args.batch_size or config["data"]["batch_size"],
         num_workers=args.workers,
         seed=args.seed,
         num_folds=args.folds,
@@ -69,14 +73,15 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
         val_fraction=0.15,
         cache_dir=args.cache,
     )
-    out = Path(args.out) / f"{variant}-{preprocessing}" / f"fold{fold}"
+    out = fold_dir(args, variant, preprocessing, fold)
+    patience = args.patience or config["early_stopping"]["patience"]
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val/auroc", mode="max")
     trainer = pl.Trainer(
-        max_epochs=args.epochs,
+        max_epochs=args.epochs or config["trainer"]["max_epochs"],
         accelerator="auto",
         devices=1,
         logger=False,
-        callbacks=[checkpoint, EarlyStopping("val/auroc", mode="max", patience=args.patience)],
+        callbacks=[checkpoint, EarlyStopping("val/auroc", mode="max", patience=patience)],
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=False,
@@ -98,17 +103,32 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
         "epochs": int(trainer.current_epoch),
         "seconds": time.perf_counter() - start,
         "n_test": len(data.split["test"]),
+        "image_size": data.image_size,
+        "batch_size": data.batch_size,
+        "max_epochs": trainer.max_epochs,
+        "tag": args.tag,
+        "set": args.set,
     }
     os.remove(checkpoint.best_model_path)  # keep the output folder small
+    outputs = {k: v.tolist() for k, v in model.test_outputs.items()}
+    (out / "test_predictions.json").write_text(json.dumps(outputs))
     (out / "result.json").write_text(json.dumps(row, indent=1))
     return row
+
+
+def fold_dir(args: argparse.Namespace, variant: str, preprocessing: str, fold: int) -> Path:
+    return Path(args.out) / f"{variant_name(variant, args.tag)}-{preprocessing}" / f"fold{fold}"
+
+
+def variant_name(variant: str, tag: str) -> str:
+    return f"{variant}+{tag}" if tag else variant
 
 
 def run_variant(spec: str, args: argparse.Namespace) -> list[dict]:
     variant, preprocessing = spec.split(":")
     rows = []
     for fold in range(args.folds):
-        done = Path(args.out) / f"{variant}-{preprocessing}" / f"fold{fold}" / "result.json"
+        done = fold_dir(args, variant, preprocessing, fold) / "result.json"
         if done.exists():
             rows.append(json.loads(done.read_text()))
             continue
@@ -118,24 +138,72 @@ def run_variant(spec: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def with_predictions(rows: list[dict], out: str) -> list[dict]:
+    """Attach each fold's held-out predictions, where the fold kept them."""
+    for row in rows:
+        args = argparse.Namespace(out=out, tag=row.get("tag", ""))
+        path = fold_dir(args, row["variant"], row["preprocessing"], row["fold"])
+        path = path / "test_predictions.json"
+        row["predictions"] = json.loads(path.read_text()) if path.exists() else None
+    return rows
+
+
+def subset(probs: list, labels: list, sources: list, source: str) -> tuple[list, list]:
+    keep = [i for i, s in enumerate(sources) if s == source]
+    return [probs[i] for i in keep], [labels[i] for i in keep]
+
+
 def table(rows: list[dict]) -> str:
+    """Fold AUROC mean and spread per variant, pooled AUROC, then pooled AUROC per source."""
+    from tbclf.evaluation.bootstrap import auroc
+
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["variant"], row["preprocessing"]), []).append(row)
+        name = variant_name(row["variant"], row.get("tag", ""))
+        groups.setdefault((name, row["preprocessing"]), []).append(row)
     lines = [
-        "| model | preprocessing | test AUROC mean | std | min-max | sens. / spec. mean | folds |",
-        "|---|---|---|---|---|---|---|",
+        "| model | preprocessing | test AUROC mean | std | min-max | pooled AUROC "
+        "| sens. / spec. mean | folds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    by_source: dict[tuple[str, str], dict[str, str]] = {}
     for (variant, prep), group in groups.items():
         auc = [r["test_auroc"] for r in group]
         sens = statistics.mean(r["test_sensitivity"] for r in group)
         spec = statistics.mean(r["test_specificity"] for r in group)
         std = statistics.stdev(auc) if len(auc) > 1 else 0.0
+        pooled = ""
+        if all(r.get("predictions") for r in group):
+            probs = [p for r in group for p in r["predictions"]["prob"]]
+            labels = [y for r in group for y in r["predictions"]["label"]]
+            sources = [s for r in group for s in r["predictions"]["source"]]
+            pooled = f"{auroc(probs, labels):.3f}"
+            by_source[(variant, prep)] = {
+                source: f"{auroc(*subset(probs, labels, sources, source)):.3f}"
+                for source in sorted(set(sources))
+            }
         lines.append(
             f"| {variant} | {prep} | {statistics.mean(auc):.3f} | {std:.3f} | "
-            f"{min(auc):.3f}-{max(auc):.3f} | {sens:.2f} / {spec:.2f} | {len(group)} |"
+            f"{min(auc):.3f}-{max(auc):.3f} | {pooled} | {sens:.2f} / {spec:.2f} | {len(group)} |"
         )
+    if by_source:
+        sources = sorted({s for v in by_source.values() for s in v})
+        lines += [
+            "",
+            "| model | preprocessing | " + " | ".join(sources) + " |",
+            "|---|---|" + "---|" * len(sources),
+        ]
+        for (variant, prep), values in by_source.items():
+            cells = " | ".join(values.get(s, "") for s in sources)
+            lines.append(f"| {variant} | {prep} | {cells} |")
     return "\n".join(lines)
+
+
+def parse_setting(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. unfreeze_from=2")
+    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -150,25 +218,34 @@ def main() -> None:
         help="model:preprocessing pairs, models: " + ", ".join(VARIANTS),
     )
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--patience", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, help="max epochs (default: the config's)")
+    parser.add_argument("--patience", type=int, help="early stopping (default: the config's)")
+    parser.add_argument("--image-size", type=int, help="default: the config's")
+    parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
     parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option overrides (YAML values), e.g. unfreeze_from=2 lr=3e-4",
+    )
+    parser.add_argument("--tag", default="", help="name for a --set variant (shown as MODEL+TAG)")
     parser.add_argument(
         "--table-only",
         action="store_true",
         help="only tabulate the folds already finished under --out",
     )
     args = parser.parse_args()
+    args.set = dict(parse_setting(item) for item in args.set)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.table_only:
         done = sorted(Path(args.out).glob("*/fold*/result.json"))
         rows = [json.loads(path.read_text()) for path in done]
-        print(table(rows))
+        print(table(with_predictions(rows, args.out)))
         return
     start = time.perf_counter()
     if args.jobs > 1:
@@ -176,11 +253,12 @@ def main() -> None:
             results = list(pool.map(run_variant, args.variants, [args] * len(args.variants)))
     else:
         results = [run_variant(spec, args) for spec in args.variants]
-    rows = [row for group in results for row in group]
+    rows = with_predictions([row for group in results for row in group], args.out)
     text = table(rows)
     print(text)
     print(f"\n{len(rows)} folds in {time.perf_counter() - start:.0f} s")
     (Path(args.out) / "table.md").write_text(text + "\n")
+    rows = [{k: v for k, v in row.items() if k != "predictions"} for row in rows]
     (Path(args.out) / "rows.json").write_text(json.dumps(rows, indent=1))
 
 

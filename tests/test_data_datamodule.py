@@ -147,14 +147,19 @@ def test_same_seed_same_split_and_order(tmp_path: Path, data) -> None:
     assert a[0] != c[0]
 
 
-def test_split_is_written_for_the_run_and_can_be_replayed(tmp_path: Path, data) -> None:
-    trainer = pl.Trainer(
+def logged_trainer(tmp_path: Path) -> pl.Trainer:
+    """A trainer with a logger, so it has a run folder (log_dir) for the split file."""
+    return pl.Trainer(
         default_root_dir=tmp_path / "runs",
         logger=pl.loggers.CSVLogger(tmp_path / "runs"),
         accelerator="cpu",
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+
+
+def test_split_is_written_for_the_run_and_can_be_replayed(tmp_path: Path, data) -> None:
+    trainer = logged_trainer(tmp_path)
     dm = module(tmp_path, seed=3)
     dm.trainer = trainer
     dm.setup("fit")
@@ -167,6 +172,18 @@ def test_split_is_written_for_the_run_and_can_be_replayed(tmp_path: Path, data) 
     assert {k: [r.path for r in v] for k, v in replay.split.items()} == {
         k: [r.path for r in v] for k, v in dm.split.items()
     }
+
+
+def test_a_later_stage_writes_its_own_split_file(tmp_path: Path, data) -> None:
+    """Lightning calls setup() with a TrainerFn; the file is named after its value."""
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    trainer = logged_trainer(tmp_path)
+    dm = module(tmp_path, seed=3)
+    dm.trainer = trainer
+    dm.setup(TrainerFn.TESTING)
+    assert dm.split_path == Path(trainer.log_dir) / "split.test.json"
+    assert sorted(p.name for p in Path(trainer.log_dir).glob("split*.json")) == ["split.test.json"]
 
 
 def test_k_fold_options(tmp_path: Path, data) -> None:

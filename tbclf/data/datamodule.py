@@ -291,6 +291,8 @@ class TBDataModule(pl.LightningDataModule):
             return
         # split.json records the training run's split; a later validate/test in the same
         # run folder writes its own file instead of replacing it.
+        # Lightning passes a TrainerFn, a str enum that formats as "TrainerFn.TESTING".
+        stage = str(getattr(stage, "value", stage))
         name = "split.json" if stage == "fit" else f"split.{stage}.json"
         self.split_path = self.save_split(Path(log_dir) / name)
 
