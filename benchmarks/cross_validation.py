@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from tbclf.engine.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     # name: (config, model overrides)
@@ -73,7 +75,7 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
         val_fraction=0.15,
         cache_dir=args.cache,
     )
-    out = fold_dir(args, variant, preprocessing, fold)
+    out = fold_dir(args.out, args.tag, variant, preprocessing, fold)
     patience = args.patience or config["early_stopping"]["patience"]
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val/auroc", mode="max")
     trainer = pl.Trainer(
@@ -111,13 +113,14 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
     }
     os.remove(checkpoint.best_model_path)  # keep the output folder small
     outputs = {k: v.tolist() for k, v in model.test_outputs.items()}
-    (out / "test_predictions.json").write_text(json.dumps(outputs))
-    (out / "result.json").write_text(json.dumps(row, indent=1))
+    # Atomic, predictions first: an existing result.json means the fold is finished.
+    atomic_write_text(out / "test_predictions.json", json.dumps(outputs))
+    atomic_write_text(out / "result.json", json.dumps(row, indent=1))
     return row
 
 
-def fold_dir(args: argparse.Namespace, variant: str, preprocessing: str, fold: int) -> Path:
-    return Path(args.out) / f"{variant_name(variant, args.tag)}-{preprocessing}" / f"fold{fold}"
+def fold_dir(out: str, tag: str, variant: str, preprocessing: str, fold: int) -> Path:
+    return Path(out) / f"{variant_name(variant, tag)}-{preprocessing}" / f"fold{fold}"
 
 
 def variant_name(variant: str, tag: str) -> str:
@@ -128,7 +131,7 @@ def run_variant(spec: str, args: argparse.Namespace) -> list[dict]:
     variant, preprocessing = spec.split(":")
     rows = []
     for fold in range(args.folds):
-        done = fold_dir(args, variant, preprocessing, fold) / "result.json"
+        done = fold_dir(args.out, args.tag, variant, preprocessing, fold) / "result.json"
         if done.exists():
             rows.append(json.loads(done.read_text()))
             continue
@@ -141,8 +144,8 @@ def run_variant(spec: str, args: argparse.Namespace) -> list[dict]:
 def with_predictions(rows: list[dict], out: str) -> list[dict]:
     """Attach each fold's held-out predictions, where the fold kept them."""
     for row in rows:
-        args = argparse.Namespace(out=out, tag=row.get("tag", ""))
-        path = fold_dir(args, row["variant"], row["preprocessing"], row["fold"])
+        tag = row.get("tag", "")
+        path = fold_dir(out, tag, row["variant"], row["preprocessing"], row["fold"])
         path = path / "test_predictions.json"
         row["predictions"] = json.loads(path.read_text()) if path.exists() else None
     return rows
@@ -257,9 +260,9 @@ def main() -> None:
     text = table(rows)
     print(text)
     print(f"\n{len(rows)} folds in {time.perf_counter() - start:.0f} s")
-    (Path(args.out) / "table.md").write_text(text + "\n")
+    atomic_write_text(Path(args.out) / "table.md", text + "\n")
     rows = [{k: v for k, v in row.items() if k != "predictions"} for row in rows]
-    (Path(args.out) / "rows.json").write_text(json.dumps(rows, indent=1))
+    atomic_write_text(Path(args.out) / "rows.json", json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

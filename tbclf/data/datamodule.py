@@ -181,12 +181,14 @@ class TBDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ setup
 
     def setup(self, stage: str | None = None) -> None:
+        # Lightning passes a TrainerFn, a str enum that formats as "TrainerFn.TESTING".
+        stage = str(getattr(stage, "value", stage or "fit"))
         if stage == "predict":
             self._setup_predict()
             return
         if not self.split:
             self._setup_labeled()
-        self._write_split_for_run(stage or "fit")
+        self._write_split_for_run(stage)
 
     def _discover(self) -> list[Record]:
         if self.root is None:
@@ -291,8 +293,6 @@ class TBDataModule(pl.LightningDataModule):
             return
         # split.json records the training run's split; a later validate/test in the same
         # run folder writes its own file instead of replacing it.
-        # Lightning passes a TrainerFn, a str enum that formats as "TrainerFn.TESTING".
-        stage = str(getattr(stage, "value", stage))
         name = "split.json" if stage == "fit" else f"split.{stage}.json"
         self.split_path = self.save_split(Path(log_dir) / name)
 
