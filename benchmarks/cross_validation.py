@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from tbclf.engine.atomic import atomic_write_text
+from tbclf.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {

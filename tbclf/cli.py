@@ -1,8 +1,15 @@
-"""`python -m tbclf`: LightningCLI for fit/validate/test/predict, plus eda, report and explain."""
+"""`tbclf` / `python -m tbclf`: LightningCLI for fit/validate/test/predict, plus the commands in
+:mod:`tbclf.commands`.
+
+The run folder is the source of truth for a trained model: given a checkpoint, validate, test
+and predict take the model's input spec from it and validate/test take the run's own
+`split.json`, so changed `data.*` options can never score a model on images it trained on.
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -14,28 +21,50 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from tbclf.data.datamodule import MODEL_INPUT_KEYS, TBDataModule
+from tbclf.commands import COMMANDS, run_command
+from tbclf.data.datamodule import TBDataModule
+from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
-from tbclf.engine.checkpoints import check_checkpoint_matches, read_checkpoint
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rundir import find_checkpoint, run_dir_of
 from tbclf.engine.writer import PredictionWriter
-from tbclf.errors import TbclfError
+from tbclf.errors import ConfigError, TbclfError
+from tbclf.models.loading import (
+    check_state_dict_fits,
+    checkpoint_input_spec,
+    model_hparams,
+    read_checkpoint,
+)
 from tbclf.models.module import TBClassifier
 
-EXTRA_COMMANDS = {
-    "eda": "explore a data set: mean/std images, contrast, eigen-images, histograms",
-    "report": "evaluation report (bootstrap CIs, ROC/PR, calibration) from a predictions.csv",
-    "explain": "Grad-CAM overlays for a folder of images and a checkpoint",
+PROG = "tbclf"
+TRAINER_COMMANDS = {
+    "fit": "train a model (a run folder under runs/<name>/version_N)",
+    "validate": "score a checkpoint on its run's validation split",
+    "test": "score a checkpoint on its run's test split and write the report",
+    "predict": "P(TB) and decisions for new images, written to predictions.csv",
 }
+# The data options that choose the split; a run's split.json records them.
+SPLIT_OPTIONS = ("seed", "val_fraction", "test_fraction", "num_folds", "fold")
 
-DESCRIPTION = (
-    "tbclf: tuberculosis vs healthy chest X-ray classification.\n\n"
-    "Lightning subcommands: fit, validate, test, predict (each takes --config FILE; "
-    "see `python -m tbclf fit --help`).\nOther commands: "
-    + "; ".join(f"{name}: {text}" for name, text in EXTRA_COMMANDS.items())
-    + " (see `python -m tbclf eda --help`)."
-)
+
+def usage() -> str:
+    """`tbclf --help`: every command, Lightning's and tbclf's own."""
+    width = max(len(n) for n in (*TRAINER_COMMANDS, *COMMANDS))
+    lines = [
+        f"usage: {PROG} COMMAND [options]   (also: python -m tbclf COMMAND ...)",
+        "",
+        "Tell tuberculosis from healthy lungs on chest X-rays.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {n:<{width}}  {t}" for n, t in {**TRAINER_COMMANDS, **COMMANDS}.items()]
+    lines += [
+        "",
+        f"`{PROG} COMMAND --help` lists a command's options; fit/validate/test/predict take",
+        "--config FILE (configs/*.yaml) and any --trainer.*, --model.*, --data.* option.",
+    ]
+    return "\n".join(lines)
 
 
 class TBCLI(LightningCLI):
@@ -84,36 +113,88 @@ class TBCLI(LightningCLI):
             ckpt = cfg.ckpt_path
         if ckpt:
             if not Path(ckpt).is_file():
-                raise TbclfError(f"--ckpt_path {ckpt}: no such file.")
-            _use_checkpoint_preprocessing(cfg, ckpt)
+                raise ConfigError(f"--ckpt_path {ckpt}: no such file.")
             run_dir = run_dir_of(ckpt)
             if run_dir is not None:
                 _set_logger_location(cfg, run_dir)
 
+    def _parse_ckpt_path(self) -> None:
+        """The model's hyperparameters (its input spec included) from the checkpoint.
+
+        Lightning's own version imports whatever class the checkpoint names; this one only
+        accepts tbclf classifiers and reads the file weights-only.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt:
+            return
+        checkpoint = read_checkpoint(ckpt)
+        if not (checkpoint.get("hyper_parameters") or {}).get("_class_path"):
+            return  # an older or foreign checkpoint: the config's model, checked on load
+        cls, hparams = model_hparams(checkpoint, ckpt)
+        model = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"the hyperparameters in {ckpt} do not parse\n")
+            raise
+
+    def _user_set(self, section: str) -> dict[str, Any]:
+        """The `section.*` values that differ from the parser's defaults (what the user set)."""
+        cfg = self.config[self.subcommand].get(section) or {}
+        parser = self._subcommand_parsers.get(self.subcommand)
+        defaults = parser.get_defaults().get(section) if parser is not None else None
+        defaults = defaults or {}
+        return {k: v for k, v in dict(cfg).items() if k not in defaults or defaults[k] != v}
+
+    def _data_from_checkpoint(self, ckpt: str) -> None:
+        """Pixel options from the model's spec; validate/test split from the run folder."""
+        cfg = self.config[self.subcommand]
+        data = cfg.get("data")
+        if data is None:
+            return
+        user = self._user_set("data")
+        spec = checkpoint_input_spec(read_checkpoint(ckpt))
+        for key, (given, trained) in spec.differences(
+            {k: v for k, v in user.items() if k in PIXEL_FIELDS}
+        ).items():
+            warnings.warn(
+                f"data.{key}={given!r} differs from the model's {trained!r}; using the model's "
+                f"value so inputs match training ({ckpt}).",
+                stacklevel=2,
+            )
+        for key, value in spec.pixel_options().items():
+            if key in data:
+                data[key] = value
+        if self.subcommand in ("validate", "test"):
+            _use_run_split(data, user, ckpt)
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        ckpt = cfg.get("ckpt_path")
+        if ckpt:
+            self._data_from_checkpoint(ckpt)
         model_args = cfg.model.get("init_args") if cfg.get("model") else None
-        if model_args is not None and "image_size" in model_args and cfg.get("data"):
-            # A model that sizes its layers from the input takes the data's image size.
-            model_args.image_size = cfg.data.image_size
+        if model_args is not None and cfg.get("data"):
+            if "image_size" in model_args:
+                # A model that sizes its layers from the input takes the data's image size.
+                model_args.image_size = cfg.data.image_size
+            if not ckpt:  # a new model learns to see what the data module delivers
+                model_args.input_spec = {k: cfg.data[k] for k in PIXEL_FIELDS if k in cfg.data}
         trainer = cfg.trainer
         if trainer.get("precision") is None:
             accelerator = str(trainer.get("accelerator") or "auto")
             on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
             if on_cuda:
                 trainer.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        if self.subcommand != "fit" or cfg.get("ckpt_path"):
+        if self.subcommand != "fit" or ckpt:
             # config.yaml is the training config; a resumed fit or a later test/predict in the
             # same run folder keeps it and writes config.<subcommand>.yaml beside it.
             self.save_config_kwargs = {
                 "config_filename": f"config.{self.subcommand}.yaml",
                 "overwrite": True,
             }
-        if self.subcommand == "predict" and cfg.get("ckpt_path"):
-            run_dir = run_dir_of(cfg.ckpt_path)
-            self._predict_dir = run_dir
-        else:
-            self._predict_dir = None
+        self._predict_dir = run_dir_of(ckpt) if self.subcommand == "predict" and ckpt else None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -128,7 +209,7 @@ class TBCLI(LightningCLI):
             writer.default_dir = self._predict_dir
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt:
-            check_checkpoint_matches(self.model, ckpt)
+            check_state_dict_fits(self.model, read_checkpoint(ckpt), ckpt)
 
 
 def last_checkpoint() -> ModelCheckpoint:
@@ -172,33 +253,47 @@ def _set_logger_location(cfg: Any, run_dir: Path) -> None:
     init.version = int(run_dir.name.split("_", 1)[1])
 
 
-def _use_checkpoint_preprocessing(cfg: Any, ckpt: str) -> None:
-    """Predict/test with the preprocessing the model was trained with, not today's config."""
-    trained = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
-    data = cfg.get("data")
-    if data is None:
+def _use_run_split(data: Any, user: dict[str, Any], ckpt: str) -> None:
+    """validate/test score the run's own split: its split.json, unless the user names one.
+
+    A split option set to another value than the run's (``--data.seed 7``) would score the
+    model on images it trained on, so it stops with an error that says why.
+    """
+    if user.get("split_file"):
+        return  # an explicit split file is the user's informed choice
+    run_dir = run_dir_of(ckpt)
+    split_json = run_dir / "split.json" if run_dir is not None else None
+    if split_json is None or not split_json.is_file():
+        warnings.warn(
+            f"{ckpt} has no split.json in a run folder beside it: the split is rebuilt from "
+            "the data.* options, which must equal training's or the scores include training "
+            "images. Pass --data.split_file to choose the split.",
+            stacklevel=2,
+        )
         return
-    for key in MODEL_INPUT_KEYS:
-        if key in trained and key in data and data[key] != trained[key]:
-            warnings.warn(
-                f"data.{key}={data[key]!r} differs from the checkpoint's {trained[key]!r}; "
-                f"using the checkpoint's value so inputs match training ({ckpt}).",
-                stacklevel=2,
-            )
-            data[key] = trained[key]
-
-
-def _run_extra(command: str, argv: list[str]) -> None:
-    from tbclf import commands
-
-    getattr(commands, command)(argv)
+    try:
+        recorded = json.loads(split_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{split_json} is unreadable ({exc}); pass --data.split_file.") from None
+    clashes = [
+        f"data.{k}={user[k]!r} (the run used {recorded.get(k)!r})"
+        for k in SPLIT_OPTIONS
+        if k in user and k in recorded and user[k] != recorded[k]
+    ]
+    if clashes:
+        raise ConfigError(
+            f"{', '.join(clashes)}: a split made with other options would score this model on "
+            f"images it was trained on. The run's split is {split_json}; drop these options to "
+            "use it, or pass --data.split_file to choose a split yourself."
+        )
+    data.split_file = str(split_json)
 
 
 def _model_from_checkpoint(argv: list[str]) -> list[str]:
     """`predict --ckpt_path X` without --config: name the checkpoint's model class.
 
     LightningCLI fills the model's arguments from the checkpoint, but only once a model class
-    is chosen; the class is in the checkpoint too.
+    is chosen; the class is in the checkpoint too (a tbclf class, or the checkpoint is refused).
     """
     if not argv or argv[0] not in ("validate", "test", "predict"):
         return argv
@@ -212,19 +307,21 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
             ckpt = argv[i + 1]
         elif arg.startswith("--ckpt_path="):
             ckpt = arg.split("=", 1)[1]
-    if not ckpt or not Path(ckpt).is_file():
+    if not ckpt or ckpt in ("best", "last"):
         return argv
-    hparams = read_checkpoint(ckpt).get("hyper_parameters")
-    class_path = (hparams or {}).get("_class_path")
-    return [*argv, "--model", class_path] if class_path else argv
+    cls, _ = model_hparams(read_checkpoint(ckpt), ckpt)
+    return [*argv, "--model", f"{cls.__module__}.{cls.__qualname__}"]
 
 
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of `python -m tbclf` and the `tbclf` script."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] in EXTRA_COMMANDS:
-            _run_extra(argv[0], argv[1:])
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(usage())
+            return
+        if argv[0] in COMMANDS:
+            run_command(argv[0], argv[1:])
             return
         argv = _model_from_checkpoint(argv)
         if args is None:
@@ -243,7 +340,7 @@ def cli_main(args: list[str] | None = None) -> None:
                     LearningRateMonitor(logging_interval="epoch"),
                 ]
             },
-            parser_kwargs={"description": DESCRIPTION, "env_prefix": "TBCLF"},
+            parser_kwargs={"prog": PROG, "description": usage(), "env_prefix": "TBCLF"},
             args=None if args is None else argv,
         )
     except TbclfError as error:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tbclf.data.records import Record
+from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError
 from tbclf.explain.gradcam import (
     compute_cams,
@@ -131,9 +132,7 @@ def test_explain_images_from_records_and_batches(tmp_path):
         model,
         recs,
         tmp_path / "out",
-        image_size=32,
-        preprocessing="none",
-        crop_border=False,
+        spec=InputSpec(image_size=32, preprocessing="none", crop_border=False),
         batch_size=2,
         progress=False,
     )
@@ -187,8 +186,7 @@ def test_contact_sheet(tmp_path):
         threshold=0.5,
         n_per_group=3,
         model=BlobNet(),
-        image_size=32,
-        preprocessing="clahe",
+        spec=InputSpec(image_size=32, preprocessing="clahe"),
     )
     assert [c["id"] for c in shown["true_positive"]] == ["case/0"]
     assert [c["id"] for c in shown["false_positive"]] == ["case/3", "case/2"]
@@ -201,9 +199,8 @@ def test_contact_sheet(tmp_path):
         ids,
         dict(zip(ids, paths, strict=True)),
         tmp_path / "plain.png",
-        image_size=32,
-        preprocessing="none",
+        spec=InputSpec(image_size=32, preprocessing="none"),
     )
     assert (tmp_path / "plain.png").exists()
     with pytest.raises(ConfigError, match="overwrite"):
-        contact_sheet(p, y, ids, paths, tmp_path / "plain.png", image_size=32)
+        contact_sheet(p, y, ids, paths, tmp_path / "plain.png", spec=InputSpec(image_size=32))

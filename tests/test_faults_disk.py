@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from tbclf.data.cache import DecodeCache
-from tbclf.engine.atomic import atomic_write_bytes, atomic_write_text
 from tbclf.engine.writer import PredictionWriter
+from tbclf.io import atomic_write_bytes, atomic_write_text
 
 pytestmark = pytest.mark.timeout(300)
 

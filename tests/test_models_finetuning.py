@@ -6,9 +6,9 @@ import torch
 from models_fakes import FakeDataModule, tiny_trainer
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tbclf.engine.finetuning import BackboneFreezeUnfreeze
 from tbclf.errors import ConfigError
 from tbclf.models import TimmClassifier
+from tbclf.models.finetuning import BackboneFreezeUnfreeze
 
 
 def backbone_state(model: TimmClassifier) -> dict[str, torch.Tensor]:

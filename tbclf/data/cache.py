@@ -20,14 +20,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tbclf.data import imageio
 from tbclf.data.records import Record
 from tbclf.data.transforms import contrast_transform
-from tbclf.engine.atomic import atomic_write_bytes
 from tbclf.errors import DataError
+from tbclf.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from tbclf.data.spec import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,22 @@ class DecodeCache:
         if self.preprocessing == "clahe":
             settings["clahe"] = [float(self.clahe_clip_limit), int(self.clahe_tile_grid)]
         return json.dumps(settings, sort_keys=True)
+
+    @classmethod
+    def for_spec(
+        cls, cache_dir: str | Path, spec: InputSpec, max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    ) -> DecodeCache:
+        """The cache of the pixels `spec` describes (before augmentation)."""
+        return cls(
+            Path(cache_dir),
+            spec.image_size,
+            spec.resize,
+            spec.crop_border,
+            max_pixels,
+            preprocessing=spec.preprocessing,
+            clahe_clip_limit=spec.clahe_clip_limit,
+            clahe_tile_grid=spec.clahe_tile_grid,
+        )
 
     def plain(self) -> DecodeCache:
         """The same cache without the contrast step (the output of load_prepared)."""

@@ -19,6 +19,7 @@ from tbclf.data.cache import DecodeCache
 from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.records import Record
+from tbclf.data.spec import InputSpec
 from tbclf.data.splits import (
     SPLIT_NAMES,
     Split,
@@ -34,17 +35,6 @@ from tbclf.data.splits import (
 )
 from tbclf.data.transforms import build_transforms
 from tbclf.errors import ConfigError, DataError
-
-# The data settings that shape what a model sees. A checkpoint carries them (as the data
-# module's hyperparameters), and predict, test and explain reuse them so inputs match training.
-MODEL_INPUT_KEYS = (
-    "preprocessing",
-    "clahe_clip_limit",
-    "clahe_tile_grid",
-    "image_size",
-    "resize",
-    "crop_border",
-)
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +98,6 @@ class TBDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if resize not in RESIZE_MODES:
             raise ConfigError(f"data.resize={resize!r} is not one of {RESIZE_MODES}.")
-        if int(image_size) < 8:
-            raise ConfigError(f"data.image_size={image_size} must be at least 8 pixels.")
         if int(batch_size) < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be >= 1.")
         if int(num_workers) < 0:
@@ -121,12 +109,6 @@ class TBDataModule(pl.LightningDataModule):
             )
         self.root = Path(root).expanduser() if root is not None else None
         self.layout = layout
-        self.preprocessing = preprocessing
-        self.clahe_clip_limit = clahe_clip_limit
-        self.clahe_tile_grid = clahe_tile_grid
-        self.image_size = int(image_size)
-        self.resize = resize
-        self.crop_border = crop_border
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
@@ -141,31 +123,17 @@ class TBDataModule(pl.LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.hflip = hflip
         self.max_pixels = int(max_pixels)
-        # The deterministic contrast step is cached with the image, so the per-item pipeline is
-        # only augmentation; it ships uint8 and TBDataLoader converts batches to float32.
-        # Building it here fails on a bad preprocessing name now, not after minutes of caching.
-        self.transforms = {
-            stage: build_transforms(
-                stage,
-                preprocessing,
-                clahe_clip_limit,
-                clahe_tile_grid,
-                hflip,
-                seed=self.seed,
-                contrast=False,
-                to_float=False,
+        # The pixel settings as one InputSpec; a model trained on this data takes it over, and
+        # a trained model hands its own back for validate/test/predict (see setup()).
+        self.use_input_spec(
+            InputSpec(
+                image_size=image_size,
+                resize=resize,
+                crop_border=crop_border,
+                preprocessing=preprocessing,
+                clahe_clip_limit=clahe_clip_limit,
+                clahe_tile_grid=clahe_tile_grid,
             )
-            for stage in ("train", "val", "test", "predict")
-        }
-        self.cache = DecodeCache(
-            self.cache_dir,
-            self.image_size,
-            resize,
-            crop_border,
-            self.max_pixels,
-            preprocessing=preprocessing,
-            clahe_clip_limit=clahe_clip_limit,
-            clahe_tile_grid=clahe_tile_grid,
         )
 
         self.records: list[Record] = []
@@ -178,11 +146,53 @@ class TBDataModule(pl.LightningDataModule):
         self._datasets: dict[str, CachedImageDataset] = {}
         self._train_generator: torch.Generator | None = None
 
+    # ------------------------------------------------------------------ spec
+
+    def use_input_spec(self, spec: InputSpec) -> None:
+        """Prepare images as `spec` says: the cache and the per-stage pipelines follow it."""
+        self.input_spec = spec
+        self.image_size = spec.image_size
+        # The deterministic contrast step is cached with the image, so the per-item pipeline is
+        # only augmentation; it ships uint8 and TBDataLoader converts batches to float32.
+        self.transforms = {
+            stage: build_transforms(
+                stage,
+                spec.preprocessing,
+                hflip=self.hflip,
+                seed=self.seed,
+                contrast=False,
+                to_float=False,
+            )  # fmt: skip
+            for stage in ("train", "val", "test", "predict")
+        }
+        self.cache = DecodeCache.for_spec(self.cache_dir, spec, self.max_pixels)
+        self._datasets = {}
+        self.split = {}
+
+    def _adopt_model_spec(self) -> None:
+        """validate/test/predict: images are prepared as the model was trained, whatever
+        today's data.* settings say (the model carries its spec in its checkpoint)."""
+        trainer = self.trainer
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        spec = getattr(model, "input_spec", None)
+        if not isinstance(spec, InputSpec):
+            return
+        changed = spec.differences(self.input_spec.pixel_options())
+        if changed:
+            log.info(
+                "preparing images as the model was trained: %s",
+                ", ".join(f"{k}={ours!r} (data.{k} was {theirs!r})"
+                          for k, (theirs, ours) in changed.items()),
+            )  # fmt: skip
+            self.use_input_spec(InputSpec.from_options(spec.pixel_options()))
+
     # ------------------------------------------------------------------ setup
 
     def setup(self, stage: str | None = None) -> None:
         # Lightning passes a TrainerFn, a str enum that formats as "TrainerFn.TESTING".
         stage = str(getattr(stage, "value", stage or "fit"))
+        if stage != "fit":
+            self._adopt_model_spec()
         if stage == "predict":
             self._setup_predict()
             return

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from tbclf.data.records import Record
-from tbclf.engine.atomic import atomic_write_text
 from tbclf.errors import ConfigError, DataError
+from tbclf.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

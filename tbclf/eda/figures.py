@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tbclf.eda.stats import IMAGE_METRICS, METRIC_LABELS
-from tbclf.evaluation.files import new_figure
+from tbclf.io import new_figure
 
 CLASS_COLORS = {"healthy": "#2c7bb6", "tb": "#d7191c", "unlabeled": "#7f7f7f"}
 CLASS_TITLES = {"healthy": "Healthy", "tb": "TB", "unlabeled": "Unlabeled"}

@@ -11,7 +11,6 @@ arrays.npz and a summary.md that embeds the figures.
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import time
@@ -43,12 +42,13 @@ from tbclf.eda.stats import (
     summarize,
 )
 from tbclf.errors import ConfigError, DataError
-from tbclf.evaluation.files import (
+from tbclf.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     check_can_write,
     save_figure,
+    write_csv_dicts,
 )
 
 log = logging.getLogger(__name__)
@@ -507,11 +507,7 @@ def run_eda(
 def _write_rows(path: Path, rows: list[dict[str, Any]], views: Sequence[str]) -> None:
     fields = ["id", "source", "label", "path", "width", "height", "format", "bit_depth", "color"]
     fields += [f"{m}_{v}" for v in views for m in IMAGE_METRICS]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    write_csv_dicts(path, fields, rows)
 
 
 def _img(fig: dict[str, str], key: str, alt: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -12,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from tbclf.engine.atomic import atomic_write_text
 from tbclf.errors import ConfigError
+from tbclf.io import write_csv
 
 FIELDS = ["ID", "LABEL", "DECISION"]
 
@@ -66,15 +64,15 @@ class PredictionWriter(BasePredictionWriter):
             raise ConfigError("predict produced no rows: is data.predict_root empty?")
         path = self.resolve_output(trainer)
         with_truth = any(row[3] is not None for row in rows)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(FIELDS + (["TRUE_LABEL"] if with_truth else []))
-        for ident, prob, decision, truth in rows:
-            line = [ident, f"{prob:.6f}", decision]
-            if with_truth:
-                line.append("" if truth is None else truth)
-            writer.writerow(line)
-        atomic_write_text(path, buffer.getvalue())
+        write_csv(
+            path,
+            FIELDS + (["TRUE_LABEL"] if with_truth else []),
+            (
+                [ident, f"{prob:.6f}", decision]
+                + (["" if truth is None else truth] if with_truth else [])
+                for ident, prob, decision, truth in rows
+            ),
+        )
         self.written = path
         print(f"wrote {len(rows)} predictions to {path}")
 

@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
 from tbclf.evaluation.bootstrap import confusion_counts
-from tbclf.evaluation.files import new_figure
+from tbclf.io import new_figure
 
 HEALTHY_COLOR = "#2c7bb6"
 TB_COLOR = "#d7191c"

@@ -8,8 +8,6 @@ intervals), whether the WHO triage-test targets are met, and where the threshold
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,13 @@ from tbclf.evaluation.figures import (
     calibration_summary,
     report_figures,
 )
-from tbclf.evaluation.files import (
+from tbclf.io import (
     atomic_write_json,
     atomic_write_text,
     check_can_write,
+    read_output_csv,
     save_figure,
+    write_csv,
 )
 
 REPORT_FILES = ("metrics.json", "report.md", "predictions.csv")
@@ -286,13 +286,15 @@ def write_report(
             on_figure(name, fig)
 
     if ids is not None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["ID", "LABEL", "DECISION", "TRUE_LABEL"] + (["SOURCE"] if src else []))
-        for i in range(p.size):
-            row = [ids[i], f"{p[i]:.6f}", int(p[i] >= threshold), int(y[i])]
-            w.writerow(row + ([src[i]] if src else []))
-        atomic_write_text(out / "predictions.csv", buf.getvalue())
+        write_csv(
+            out / "predictions.csv",
+            ["ID", "LABEL", "DECISION", "TRUE_LABEL"] + (["SOURCE"] if src else []),
+            (
+                [ids[i], f"{p[i]:.6f}", int(p[i] >= threshold), int(y[i])]
+                + ([src[i]] if src else [])
+                for i in range(p.size)
+            ),
+        )
         res["predictions_csv"] = "predictions.csv"
     atomic_write_json(out / "metrics.json", res)
     atomic_write_text(out / "report.md", _report_md(res, split_name))
@@ -364,19 +366,6 @@ def _report_md(res: Mapping[str, Any], split_name: str) -> str:
 # --------------------------------------------------------------------------- from a CSV
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"CSV {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"CSV {path} cannot be read as UTF-8 text: {exc}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    return header, rows
-
-
 def _parse_float(value: str, path: Path, line: int, column: str) -> float:
     try:
         v = float(value)
@@ -431,7 +420,7 @@ def report_from_csv(
     DECISION column).
     """
     pred_path = Path(predictions_csv)
-    header, rows = _read_csv(pred_path)
+    header, rows = read_output_csv(pred_path)
     for col in ("ID", "LABEL"):
         if col not in header:
             raise DataError(
@@ -452,7 +441,7 @@ def report_from_csv(
 
     if labels_csv is not None:
         lab_path = Path(labels_csv)
-        lab_header, lab_rows = _read_csv(lab_path)
+        lab_header, lab_rows = read_output_csv(lab_path)
         if "ID" not in lab_header or "LABEL" not in lab_header:
             raise DataError(f"{lab_path} needs ID and LABEL columns (found {lab_header}).")
         truth = {

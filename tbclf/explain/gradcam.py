@@ -9,8 +9,6 @@ not have).
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,15 +24,15 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 from tqdm.auto import tqdm
 
-from tbclf.data.imageio import DEFAULT_MAX_PIXELS, load_prepared
+from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.data.records import Record
-from tbclf.data.transforms import build_transforms
+from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
-from tbclf.evaluation.files import (
-    atomic_write_text,
+from tbclf.io import (
     check_can_write,
     new_figure,
     save_figure,
+    write_csv,
 )
 
 CLASS_NAMES = {0: "healthy", 1: "TB"}
@@ -62,6 +60,14 @@ def model_threshold(model: nn.Module, default: float = 0.5) -> float:
     if t is None:
         return default
     return float(t.item() if isinstance(t, torch.Tensor) else t)
+
+
+def spec_of(model: nn.Module | None, spec: InputSpec | None = None) -> InputSpec:
+    """The spec given, else the model's own, else the defaults (a bare nn.Module)."""
+    if spec is not None:
+        return spec
+    own = getattr(model, "input_spec", None)
+    return own if isinstance(own, InputSpec) else InputSpec()
 
 
 def compute_cams(
@@ -125,30 +131,14 @@ def _safe_name(ident: str, taken: set[str]) -> str:
 
 
 def _iter_batches(
-    items: Iterable[Any],
-    batch_size: int,
-    image_size: int,
-    transform: Any,
-    resize: str,
-    crop_border: bool,
-    max_pixels: int,
+    items: Iterable[Any], batch_size: int, spec: InputSpec, max_pixels: int
 ) -> Iterator[dict[str, Any]]:
-    """Batches in the data contract from Records (loaded like the test set) or batch dicts."""
+    """Batches in the data contract from Records (prepared as at test time) or batch dicts."""
     pending: list[Record] = []
 
     def flush() -> dict[str, Any]:
-        imgs = []
-        for r in pending:
-            sq = load_prepared(
-                Path(r.path),
-                image_size,
-                resize=resize,
-                crop_border=crop_border,
-                max_pixels=max_pixels,
-            )
-            imgs.append(transform(image=sq)["image"].float())
         batch = {
-            "image": torch.stack(imgs),
+            "image": torch.stack([spec.prepare(r.path, max_pixels) for r in pending]),
             "label": torch.tensor([np.nan if r.label is None else float(r.label) for r in pending]),
             "id": [r.id for r in pending],
             "source": [r.source for r in pending],
@@ -176,12 +166,7 @@ def explain_images(
     model: nn.Module,
     records_or_batches: Iterable[Record] | Iterable[Mapping[str, Any]],
     out_dir: str | Path,
-    image_size: int = 224,
-    preprocessing: str = "clahe",
-    resize: str = "pad",
-    crop_border: bool = True,
-    clahe_clip_limit: float = 2.0,
-    clahe_tile_grid: int = 8,
+    spec: InputSpec | None = None,
     threshold: float | None = None,
     batch_size: int = 8,
     max_images: int | None = None,
@@ -197,8 +182,7 @@ def explain_images(
         records_or_batches: Records (read and preprocessed like the test set, with the data
             settings below, which must match the model's training) or data-contract batches.
         out_dir: Output folder (created).
-        image_size / preprocessing / resize / crop_border / clahe_*: As the data.* settings
-            the model was trained with.
+        spec: How to prepare Records; default the model's own ``input_spec``.
         threshold: Decision threshold; default the model's stored `threshold` (else 0.5).
         batch_size: Images per Grad-CAM pass.
         max_images: Stop after this many images.
@@ -207,15 +191,13 @@ def explain_images(
     """
     out = check_can_write(out_dir, ["explanations.csv"], overwrite)
     thr = model_threshold(model) if threshold is None else float(threshold)
-    transform = build_transforms("test", preprocessing, clahe_clip_limit, clahe_tile_grid)
+    spec = spec_of(model, spec)
     layer = find_target_layer(model)
     taken: set[str] = set()
     results: list[dict[str, Any]] = []
     bar = tqdm(total=max_images, desc="Grad-CAM", unit="img", disable=not progress)
     try:
-        for batch in _iter_batches(
-            records_or_batches, batch_size, image_size, transform, resize, crop_border, max_pixels
-        ):
+        for batch in _iter_batches(records_or_batches, batch_size, spec, max_pixels):
             images = batch["image"]
             if max_images is not None:
                 left = max_images - len(results)
@@ -249,11 +231,10 @@ def explain_images(
         bar.close()
     if not results:
         raise DataError("no images to explain")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["ID", "LABEL", "DECISION", "TRUE_LABEL", "SOURCE", "FILE"])
-    for r in results:
-        w.writerow(
+    write_csv(
+        out / "explanations.csv",
+        ["ID", "LABEL", "DECISION", "TRUE_LABEL", "SOURCE", "FILE"],
+        (
             [
                 r["id"],
                 f"{r['prob']:.6f}",
@@ -262,8 +243,9 @@ def explain_images(
                 r["source"],
                 r["file"],
             ]
-        )
-    atomic_write_text(out / "explanations.csv", buf.getvalue())
+            for r in results
+        ),
+    )
     return results
 
 
@@ -330,12 +312,7 @@ def contact_sheet(
     threshold: float = 0.5,
     n_per_group: int = 4,
     model: nn.Module | None = None,
-    image_size: int = 224,
-    preprocessing: str = "clahe",
-    resize: str = "pad",
-    crop_border: bool = True,
-    clahe_clip_limit: float = 2.0,
-    clahe_tile_grid: int = 8,
+    spec: InputSpec | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
@@ -343,7 +320,7 @@ def contact_sheet(
     negatives (rows), with Grad-CAM overlays when a model is given.
 
     paths: one image path per id (same order) or a mapping id -> path. Images are read and
-    preprocessed with the data settings given (those the model was trained with).
+    prepared with `spec` (default: the model's own input spec).
     Returns the cases shown per group: [{id, prob, label}].
     """
     out_path = Path(out_path)
@@ -363,7 +340,7 @@ def contact_sheet(
     if missing:
         raise DataError(f"no image path for ids {missing[:5]}")
     cases = select_cases(p, y, threshold, n_per_group)
-    transform = build_transforms("test", preprocessing, clahe_clip_limit, clahe_tile_grid)
+    spec = spec_of(model, spec)
     ncols = max(n_per_group, 1)
     fig = new_figure(2.6 * ncols, 2.95 * 3 + 0.4)
     subfigs = fig.subfigures(3, 1)
@@ -380,17 +357,7 @@ def contact_sheet(
         if not idx:
             axes[0].text(0.02, 0.5, "none", fontsize=10, transform=axes[0].transAxes)
             continue
-        imgs = []
-        for i in idx:
-            sq = load_prepared(
-                Path(path_of[ids[i]]),
-                image_size,
-                resize=resize,
-                crop_border=crop_border,
-                max_pixels=max_pixels,
-            )
-            imgs.append(transform(image=sq)["image"].float())
-        batch = torch.stack(imgs)
+        batch = torch.stack([spec.prepare(path_of[ids[i]], max_pixels) for i in idx])
         cams = compute_cams(model, batch, layer)[0] if model is not None else None
         for j, i in enumerate(idx):
             img = batch[j, 0].numpy()

@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from tbclf.engine.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
+from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError
 from tbclf.models.backbone import create_backbone
+from tbclf.models.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
 from tbclf.models.input import InputAdapter, timm_input_adapter
 from tbclf.models.module import SchedulerName, TBClassifier, ThresholdStrategy
 from tbclf.models.simple_cnn import SimpleCNN
@@ -37,7 +38,7 @@ class TimmClassifier(TBClassifier):
             ``blocks[:k]`` frozen for the whole run.
         backbone_lr_factor: backbone learning rate = head learning rate * this factor.
         lr, weight_decay, scheduler, pos_weight, threshold_strategy, target_sensitivity,
-            channels_last: see :class:`tbclf.models.module.TBClassifier`.
+            channels_last, input_spec: see :class:`tbclf.models.module.TBClassifier`.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class TimmClassifier(TBClassifier):
         threshold_strategy: ThresholdStrategy = "sensitivity",
         target_sensitivity: float = 0.9,
         channels_last: bool = True,
+        input_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             lr=lr,
@@ -66,6 +68,7 @@ class TimmClassifier(TBClassifier):
             threshold_strategy=threshold_strategy,
             target_sensitivity=target_sensitivity,
             channels_last=channels_last,
+            input_spec=input_spec,
         )
         self.save_hyperparameters()
         if freeze_epochs < 0:
@@ -81,6 +84,7 @@ class TimmClassifier(TBClassifier):
             backbone, pretrained=pretrained, weights=weights, in_chans=in_chans, drop_rate=drop_rate
         )
         self.input_adapter = timm_input_adapter(self.net, in_chans, channels_last)
+        self._network_spec()
         if unfreeze_from is not None:
             blocks = getattr(self.net, "blocks", None)
             if not isinstance(blocks, nn.Sequential):
@@ -145,6 +149,7 @@ class TimmClassifier(TBClassifier):
         return convs[-1]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # The weights are in the checkpoint: loading it must not download or need the file.
         hparams = checkpoint.get("hyper_parameters")
         if hparams is not None:  # a copy: the running model's hparams stay as given
@@ -165,7 +170,7 @@ class SimpleCNNClassifier(TBClassifier):
             flatten as the original; then ``image_size`` must equal the data's image size).
         image_size: input side length, used to size the first dense layer.
         lr, weight_decay, scheduler, pos_weight, threshold_strategy, target_sensitivity,
-            channels_last: see :class:`tbclf.models.module.TBClassifier`.
+            channels_last, input_spec: see :class:`tbclf.models.module.TBClassifier`.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class SimpleCNNClassifier(TBClassifier):
         threshold_strategy: ThresholdStrategy = "sensitivity",
         target_sensitivity: float = 0.9,
         channels_last: bool = True,
+        input_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             lr=lr,
@@ -194,6 +200,7 @@ class SimpleCNNClassifier(TBClassifier):
             threshold_strategy=threshold_strategy,
             target_sensitivity=target_sensitivity,
             channels_last=channels_last,
+            input_spec=input_spec,
         )
         self.save_hyperparameters()
         try:
@@ -213,6 +220,17 @@ class SimpleCNNClassifier(TBClassifier):
         self.input_adapter = InputAdapter(
             in_chans=1, mean=(0.5,), std=(0.5,), channels_last=channels_last
         )
+        self._network_spec()
+        self.image_size = int(image_size)
+        self.adaptive_pool = adaptive_pool
+
+    def check_input_spec(self, spec: InputSpec) -> None:
+        if self.adaptive_pool is None and spec.image_size != self.image_size:
+            raise ConfigError(
+                f"SimpleCNNClassifier without adaptive_pool is sized for {self.image_size}px "
+                f"inputs, but the data gives {spec.image_size}px: set model.image_size to "
+                f"{spec.image_size} or model.adaptive_pool"
+            )
 
     def target_layer(self) -> nn.Module:
         return self.net.target_layer()

@@ -28,6 +28,7 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
 from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
 
@@ -67,6 +68,9 @@ class TBClassifier(pl.LightningModule):
         threshold_strategy: how the operating threshold is picked on validation data.
         target_sensitivity: sensitivity the "sensitivity" strategy must reach on validation.
         channels_last: channels-last memory layout for model and input on CUDA.
+        input_spec: what the model takes (:class:`tbclf.data.spec.InputSpec` as a dict). Set
+            from the ``data.*`` options when training starts and saved with the hyperparameters;
+            every later consumer (test, predict, explain, export, serve) reads it from here.
     """
 
     input_adapter: nn.Module
@@ -81,8 +85,10 @@ class TBClassifier(pl.LightningModule):
         threshold_strategy: ThresholdStrategy = "sensitivity",
         target_sensitivity: float = 0.9,
         channels_last: bool = True,
+        input_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.input_spec = InputSpec.from_dict(input_spec, where="model.input_spec")
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         if weight_decay < 0:
@@ -117,6 +123,55 @@ class TBClassifier(pl.LightningModule):
         self.test_outputs: dict[str, np.ndarray] | None = None
 
     # ----------------------------------------------------------------- model
+    @classmethod
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> TBClassifier:
+        """A trained tbclf classifier from its checkpoint (safe: weights only, tbclf classes
+        only), in eval mode, with its threshold and ``input_spec``."""
+        from tbclf.models.loading import load_classifier
+
+        model = load_classifier(path, map_location)
+        if not isinstance(model, cls):
+            raise ConfigError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def _network_spec(self) -> None:
+        """Fill the spec's network side from the input adapter (subclasses call this)."""
+        adapter = self.input_adapter
+        normalized = bool(getattr(adapter, "normalize", False))
+        self.input_spec = self.input_spec.with_network(
+            getattr(adapter, "in_chans", 1),
+            adapter.mean.flatten().tolist() if normalized else None,
+            adapter.std.flatten().tolist() if normalized else None,
+        )
+
+    def set_input_spec(self, spec: InputSpec) -> None:
+        """Adopt the training data's spec (pixel side) and record it in the hyperparameters."""
+        self.check_input_spec(spec)
+        self.input_spec = InputSpec.from_dict(spec.pixel_options()).with_network(
+            self.input_spec.in_chans, self.input_spec.mean, self.input_spec.std
+        )
+        self.hparams["input_spec"] = self.input_spec.to_dict()
+
+    def check_input_spec(self, spec: InputSpec) -> None:
+        """Raise ConfigError when the network cannot take images of this spec."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The class to rebuild, also for checkpoints saved outside LightningCLI (which adds it).
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None and "_class_path" not in hparams:
+            cls = type(self)
+            checkpoint["hyper_parameters"] = {
+                **hparams,
+                "_class_path": f"{cls.__module__}.{cls.__qualname__}",
+            }
+
+    def setup(self, stage: str) -> None:
+        # Training: the data module's spec is what this model learns to see.
+        trainer = self._trainer
+        spec = getattr(getattr(trainer, "datamodule", None), "input_spec", None)
+        if str(getattr(stage, "value", stage)) == "fit" and isinstance(spec, InputSpec):
+            self.set_input_spec(spec)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) images in [0, 1] -> (B,) logits."""
         return self.net(self.input_adapter(images))[:, 0]

@@ -1,0 +1,22 @@
+"""The commands that are not a Trainer method; each lives in its own module with a `main(argv)`.
+
+Add a command by writing ``tbclf/commands/NAME.py`` with ``main(argv: list[str])`` and one line
+in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> one-line help; the module tbclf.commands.<name> holds main(argv).
+COMMANDS: dict[str, str] = {
+    "eda": "explore a data set: mean/std images, contrast, eigen-images, histograms",
+    "report": "evaluation report (intervals, ROC/PR, calibration) from a predictions.csv",
+    "explain": "Grad-CAM overlays for a folder of images and a checkpoint",
+}
+
+
+def run_command(name: str, argv: list[str]) -> Any:
+    """Run `tbclf NAME ARGV` (imports only that command's module)."""
+    return importlib.import_module(f"tbclf.commands.{name}").main(argv)

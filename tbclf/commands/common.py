@@ -1,0 +1,31 @@
+"""What every extra command shares: its argument parser and the data options eda takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from tbclf.data.imageio import DEFAULT_MAX_PIXELS
+
+# The data options that shape what a model sees; eda takes them like training does.
+DATA_OPTIONS: dict[str, tuple[type, Any, str]] = {
+    "layout": (str, "auto", "auto, nlm, zindi or folders"),
+    "preprocessing": (str, "clahe", "clahe, equalize or none"),
+    "clahe_clip_limit": (float, 2.0, "CLAHE clip limit"),
+    "clahe_tile_grid": (int, 8, "CLAHE tiles per side"),
+    "image_size": (int, 256, "side of the square image the statistics use"),
+    "resize": (str, "pad", "pad (keep aspect ratio) or squash"),
+    "crop_border": (bool, True, "crop uniform black bands first"),
+    "num_workers": (int, 2, "decoding processes"),
+    "max_pixels": (int, DEFAULT_MAX_PIXELS, "refuse bigger images"),
+}
+
+
+def command_parser(prog: str, description: str) -> ArgumentParser:
+    """A jsonargparse parser named `tbclf PROG` that also reads its options from --config."""
+    parser = ArgumentParser(prog=f"tbclf {prog}", description=description, exit_on_error=True)
+    parser.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="YAML with any of these options"
+    )
+    return parser
