@@ -146,16 +146,26 @@ def _imdecode(buf: np.ndarray, flags: int, path: Path, fmt: str) -> np.ndarray |
         raise _unreadable(path, f"OpenCV refused the {fmt.upper()} data: {exc.err}") from None
 
 
-def _decode(path: Path, max_pixels: int, min_side: int | None = None) -> np.ndarray:
-    path = Path(path)
+def _read_file(path: Path) -> bytes:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block read() forever
             raise _unreadable(path, "not a regular file")
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"Image {path} does not exist. Check data.root or the CSV.") from None
     except OSError as exc:
         raise _unreadable(path, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def decode_bytes(
+    data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload, a file's bytes) to uint8 gray HxW.
+
+    `name` only labels errors. The header is checked against max_pixels before any pixel is
+    decoded; `min_side` lets big JPEGs decode at a reduced scale that still leaves 2x it.
+    """
+    path = Path(name)
     fmt, height, width = image_header(data, path)
     _check_pixels(path, height, width, max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -168,6 +178,11 @@ def _decode(path: Path, max_pixels: int, min_side: int | None = None) -> np.ndar
     if img is None or img.size == 0:
         raise _unreadable(path, f"OpenCV could not decode the {fmt.upper()} data")
     return _to_uint8(_to_gray(img), path)
+
+
+def _decode(path: Path, max_pixels: int, min_side: int | None = None) -> np.ndarray:
+    path = Path(path)
+    return decode_bytes(_read_file(path), path, max_pixels, min_side)
 
 
 def read_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
