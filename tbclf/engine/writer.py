@@ -10,10 +10,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from tbclf.engine.predictions import FIELDS, check_output_free, write_predictions
 from tbclf.errors import ConfigError
-from tbclf.io import write_csv
 
-FIELDS = ["ID", "LABEL", "DECISION"]
+__all__ = ["FIELDS", "PredictionWriter"]
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -40,12 +40,7 @@ class PredictionWriter(BasePredictionWriter):
         return folder / "predictions.csv"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = self.resolve_output(trainer)
-        if path.exists() and not self.overwrite:
-            raise ConfigError(
-                f"{path} already exists. Pass --writer.overwrite true to replace it, or "
-                "--writer.output OTHER.csv to keep both."
-            )
+        check_output_free(self.resolve_output(trainer), self.overwrite)
         if trainer.world_size > 1:
             raise ConfigError(
                 "predict writes one CSV from one process: run it with --trainer.devices 1 "
@@ -60,19 +55,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: Any,
     ) -> None:
         rows = list(_rows(predictions))
-        if not rows:
-            raise ConfigError("predict produced no rows: is data.predict_root empty?")
-        path = self.resolve_output(trainer)
-        with_truth = any(row[3] is not None for row in rows)
-        write_csv(
-            path,
-            FIELDS + (["TRUE_LABEL"] if with_truth else []),
-            (
-                [ident, f"{prob:.6f}", decision]
-                + (["" if truth is None else truth] if with_truth else [])
-                for ident, prob, decision, truth in rows
-            ),
-        )
+        path = write_predictions(self.resolve_output(trainer), rows)
         self.written = path
         print(f"wrote {len(rows)} predictions to {path}")
 
