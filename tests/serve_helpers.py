@@ -6,6 +6,11 @@ split.json over a small learnable image set (tests/cli_helpers.make_learnable).
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -17,7 +22,19 @@ from tbclf.models.backbone import offline_mobilenetv2_weights
 from tbclf.models.classifiers import SimpleCNNClassifier, TimmClassifier
 from tests.cli_helpers import make_learnable
 
-DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tb-cxr-dev"
+# ../shared beside the repository (CI, main); one level up for worktrees under wt/.
+_REPO = Path(__file__).resolve().parents[1]
+DEV = next(
+    (
+        p
+        for p in (
+            _REPO.parent / "shared/data/tb-cxr-dev",
+            _REPO.parent.parent / "shared/data/tb-cxr-dev",
+        )
+        if p.is_dir()
+    ),
+    _REPO.parent / "shared/data/tb-cxr-dev",
+)
 
 
 def build_model(kind: str, image_size: int) -> pl.LightningModule:
@@ -80,3 +97,27 @@ def dev_images(n: int) -> list[Path]:
         return paths
     idx = np.linspace(0, len(paths) - 1, n).round().astype(int)
     return [paths[i] for i in idx]
+
+
+@contextlib.contextmanager
+def running_server(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread on a free port; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
