@@ -57,7 +57,9 @@ class ModelInfo:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+    """float32 sigmoid, as the training module's predict_step: the threshold was picked on
+    float32 probabilities, so an image exactly at it gets the same decision."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
 
 
 def _file_hash(path: Path) -> str:
@@ -102,7 +104,7 @@ class Predictor:
         return _sigmoid(np.concatenate(parts)) if parts else np.zeros(0)
 
     def decide(self, prob: float) -> Prediction:
-        return Prediction(float(prob), int(prob >= self.threshold))
+        return Prediction(float(prob), int(np.float32(prob) >= np.float32(self.threshold)))
 
     def predict_array(self, image: np.ndarray) -> Prediction:
         """One prepared (1, S, S) image."""
@@ -213,7 +215,7 @@ class TorchPredictor(Predictor):
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(images)).double().numpy()
+            return self.model(torch.from_numpy(images)).float().numpy()
 
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Grad-CAM overlay (RGB uint8, S x S) and P(TB) for one prepared (1, S, S) image."""
