@@ -10,6 +10,7 @@ the run's training images, accepted only when the AUROC on the run's test split 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import tempfile
@@ -128,11 +129,63 @@ def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+class FixedAdaptiveAvgPool2d(torch.nn.Module):
+    """AdaptiveAvgPool2d for one known input size, as two averaging matrices.
+
+    The TorchScript exporter cannot export adaptive pooling once the batch axis is dynamic
+    (it loses the spatial size); the model's input size is fixed by its spec, so the bins
+    (PyTorch's floor/ceil rule) are fixed too and ``P_h @ x @ P_w^T`` computes the same values.
+    """
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("rows", self._matrix(in_size[0], out_size[0]))
+        self.register_buffer("cols", self._matrix(in_size[1], out_size[1]).T.contiguous())
+
+    @staticmethod
+    def _matrix(n_in: int, n_out: int) -> torch.Tensor:
+        m = torch.zeros(n_out, n_in)
+        for i in range(n_out):
+            start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            m[i, start:end] = 1.0 / (end - start)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.rows, x), self.cols)
+
+
+def _static_pools(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """A copy of `model` with every AdaptiveAvgPool2d fixed to the size it sees."""
+    pools = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    if not pools:
+        return model
+    sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, args, out, name=n: sizes.__setitem__(
+                name, (tuple(args[0].shape[-2:]), tuple(out.shape[-2:]))
+            )
+        )
+        for n, m in pools
+    ]
+    with torch.no_grad():
+        model(example)
+    for hook in hooks:
+        hook.remove()
+    model = copy.deepcopy(model)
+    for name, _ in pools:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, FixedAdaptiveAvgPool2d(*sizes[name]))
+    return model
+
+
 def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET) -> onnx.ModelProto:
     """Trace the model (eval mode, CPU, fp32) to ONNX with a dynamic batch axis."""
     model = model.to("cpu", torch.float32).eval()
     size = model.input_spec.image_size
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    model = _static_pools(model, example)
     with tempfile.TemporaryDirectory(prefix="tbclf-export-") as tmp:
         out = Path(tmp) / "model.onnx"
         with warnings.catch_warnings():

@@ -144,3 +144,18 @@ def test_int8_needs_the_run_folder(runs, tmp_path):
     with pytest.raises(ConfigError, match="not in a run folder"):
         run_command("export", ["--ckpt_path", str(ckpt), "--int8", "true"])
     assert (tmp_path / "loose.onnx").exists()  # the fp32 model is still written
+
+
+@pytest.mark.parametrize("pool", [1, 4])
+def test_adaptive_pooling_exports_with_a_dynamic_batch(tmp_path, pool):
+    """The shipped simple_cnn config pools 14x14 features to 4x4 (uneven bins)."""
+    from tbclf.models.classifiers import SimpleCNNClassifier
+
+    model = SimpleCNNClassifier(image_size=224, adaptive_pool=pool).eval()
+    path, diff = export.export_onnx(model, tmp_path / "m.onnx")
+    images = torch.rand(3, 1, 224, 224, generator=torch.Generator().manual_seed(3)).numpy()
+    probs = export.onnx_probabilities(export.ort_session(path), images)
+    np.testing.assert_allclose(probs, export.torch_probabilities(model, images), atol=1e-4, rtol=0)
+    logits = export.ort_session(path).run(None, {export.INPUT_NAME: images})[0]
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, model(torch.from_numpy(images)).numpy(), atol=1e-4)
