@@ -31,8 +31,11 @@ def _unreadable(path: Path, why: str) -> DataError:
     )
 
 
-def _jpeg_layout(data: bytes) -> tuple[int, int, int]:
-    """(height, width, offset of the start-of-scan marker) from JPEG markers; -1 when unknown."""
+def _jpeg_layout(data: bytes, want_sof: bool = False) -> tuple[int, int, int]:
+    """(height, width, offset of the start-of-scan marker) from JPEG markers; -1 when unknown.
+
+    With `want_sof`, the offset returned is that of the start-of-frame marker instead.
+    """
     height = width = -1
     i = 2
     n = len(data)
@@ -53,10 +56,49 @@ def _jpeg_layout(data: bytes) -> tuple[int, int, int]:
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _SOF_MARKERS and i + 9 <= n:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            if want_sof:
+                return height, width, i
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             return height, width, i
         i += 2 + length
     return height, width, -1
+
+
+_PNG_COLOR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
+_JPEG_COMPONENTS = {1: "gray", 3: "RGB/YCbCr", 4: "CMYK"}
+
+
+def file_info(path: str | Path, head_bytes: int = 1 << 16) -> dict[str, object]:
+    """Format, stored size, bit depth and colour layout from the file's header (no decode).
+
+    Unknown or truncated headers give format "unknown" (the decoder then says what is wrong).
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(head_bytes)
+    info: dict[str, object] = {
+        "format": "unknown", "width": None, "height": None, "bit_depth": None, "color": None,
+    }  # fmt: skip
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 26 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        color = _PNG_COLOR_TYPES.get(data[25], f"type{data[25]}")
+        info.update(format="png", width=width, height=height, bit_depth=int(data[24]), color=color)
+    elif data.startswith(_JPEG_SIGNATURE):
+        info["format"] = "jpeg"
+        height, width, _ = _jpeg_layout(data)
+        sof = _jpeg_sof(data)
+        if height > 0 and sof is not None:
+            precision, comps = sof
+            color = _JPEG_COMPONENTS.get(comps, f"{comps}ch")
+            info.update(width=width, height=height, bit_depth=precision, color=color)
+    return info
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
+    """(sample precision, component count) of the JPEG start-of-frame segment."""
+    offset = _jpeg_layout(data, want_sof=True)[2]
+    if offset < 0 or offset + 10 > len(data):
+        return None
+    return int(data[offset + 4]), int(data[offset + 9])
 
 
 def image_header(data: bytes, path: Path) -> tuple[str, int, int]:
@@ -228,6 +270,22 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=interp)
 
 
+def fit_geometry(
+    height: int, width: int, size: int, mode: str = "pad"
+) -> tuple[int, int, int, int]:
+    """(new height, new width, top, left) of an image placed in the size x size square.
+
+    "pad" scales the longer side to `size` and centres the result on black bars; "squash" fills
+    the square. Saliency maps and EDA statistics use this to find the image inside the padding.
+    """
+    if mode == "squash":
+        return size, size, 0, 0
+    scale = size / max(height, width)
+    nh = min(size, max(1, round(height * scale)))
+    nw = min(size, max(1, round(width * scale)))
+    return nh, nw, (size - nh) // 2, (size - nw) // 2
+
+
 def fit_to_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     """Make a size x size image: "pad" keeps the aspect ratio (zero bars, centred), "squash"
     stretches. Padding avoids distorting anatomy; squashing uses every pixel for the image."""
@@ -235,15 +293,11 @@ def fit_to_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
         raise ConfigError(f"data.resize={mode!r} is not one of {RESIZE_MODES}.")
     if size < 1:
         raise ConfigError(f"data.image_size={size} must be a positive integer.")
-    if mode == "squash":
-        return _resize(img, size, size)
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    nh = min(size, max(1, round(h * scale)))
-    nw = min(size, max(1, round(w * scale)))
+    nh, nw, top, left = fit_geometry(img.shape[0], img.shape[1], size, mode)
     resized = _resize(img, nh, nw)
+    if mode == "squash":
+        return resized
     out = np.zeros((size, size), dtype=img.dtype)
-    top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = resized
     return out
 
