@@ -129,7 +129,11 @@ class RunLogger(TensorBoardLogger):
     """
 
     def __init__(
-        self, save_dir: str = "runs", name: str = "tbclf", version: int | None = None, **kwargs
+        self,
+        save_dir: str = "runs",
+        name: str = "tbclf",
+        version: int | str | None = None,
+        **kwargs,
     ) -> None:
         if version is None:
             inherited = os.environ.get(VERSION_ENV)
