@@ -166,7 +166,7 @@ class TBCLI(LightningCLI):
         for key, value in spec.pixel_options().items():
             if key in data:
                 data[key] = value
-        if self.subcommand in ("validate", "test"):
+        if self.subcommand in ("validate", "test", "fit"):  # fit: a resumed run
             _use_run_split(data, user, ckpt)
 
     def before_instantiate_classes(self) -> None:
@@ -268,7 +268,7 @@ def _set_logger_location(cfg: Any, run_dir: Path, subcommand: str) -> None:
 
 
 def _use_run_split(data: Any, user: dict[str, Any], ckpt: str) -> None:
-    """validate/test score the run's own split: its split.json, unless the user names one.
+    """validate, test and a resumed fit use the run's own split.json, unless the user names one.
 
     A split option set to another value than the run's (``--data.seed 7``) would score the
     model on images it trained on, so it stops with an error that says why.
