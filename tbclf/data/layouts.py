@@ -90,6 +90,11 @@ def _without_ext(rel: PurePosixPath) -> str:
     return (rel.with_suffix("") if _is_image(rel.name) else rel).as_posix()
 
 
+def sniff(path: Path) -> str | None:
+    """The image format of a file from its first bytes (None: not an image tbclf reads)."""
+    return _sniff(str(path))
+
+
 def _sniff(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -441,6 +446,38 @@ def _csv_rows(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
             f"{csv_path} line {reader.line_num}: not a readable CSV ({exc}). Check for a stray "
             "quote or a huge field, and save it as a plain comma-separated UTF-8 file."
         ) from None
+
+
+def zindi_csv(root: Path) -> Path | None:
+    """The Zindi CSV that discover() would read at root, or None."""
+    return _pick_zindi_csv(Path(root)) if _root_csvs(Path(root)) else None
+
+
+def csv_header(csv_path: Path) -> list[str]:
+    return _csv_header(Path(csv_path))
+
+
+def csv_column(csv_path: Path, column: str) -> dict[str, str]:
+    """{ID: stripped value of `column`} for a Zindi CSV (column matched case-insensitively)."""
+    header: list[str] | None = None
+    index = -1
+    id_index = -1
+    out: dict[str, str] = {}
+    for _, row in _csv_rows(Path(csv_path)):
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip().casefold() for cell in row]
+            if column.casefold() not in header or "id" not in header:
+                raise ConfigError(
+                    f"data.group_by: CSV {csv_path} has no column {column!r} (its columns: "
+                    f"{', '.join(cell.strip() for cell in row)})."
+                )
+            index, id_index = header.index(column.casefold()), header.index("id")
+            continue
+        ident = row[id_index].strip() if id_index < len(row) else ""
+        out[ident] = row[index].strip() if index < len(row) else ""
+    return out
 
 
 def _csv_header(csv_path: Path) -> list[str]:
