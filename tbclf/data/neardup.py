@@ -37,10 +37,18 @@ class Fingerprints:
     vectors: np.ndarray  # (n, THUMB*THUMB) float32
 
 
+def _trim_padding(img: np.ndarray) -> np.ndarray:
+    """Drop all-zero edge rows and columns (fit_to_square's padding), however wide."""
+    rows = np.flatnonzero(img.max(axis=1))
+    cols = np.flatnonzero(img.max(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return img
+    return img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
 def thumbnail(square: np.ndarray) -> np.ndarray:
     """float32 THUMB x THUMB of the image content (padding and black bands cropped)."""
-    img = crop_black_border(np.asarray(square, dtype=np.uint8), threshold=0)
-    img = crop_black_border(img)
+    img = crop_black_border(_trim_padding(np.asarray(square, dtype=np.uint8)))
     return cv2.resize(img, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
