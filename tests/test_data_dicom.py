@@ -240,7 +240,8 @@ def test_bad_dicoms_fail_the_warm_up_or_are_skipped(tmp_path: Path) -> None:
     report = write_sr(tmp_path / "report.dcm")
     records = [Record(p.stem, p, 0, "s") for p in (good, report)]
     cache = DecodeCache(tmp_path / "cache", 16)
-    with pytest.raises(DataError, match=r"(?s)1 image\(s\) cannot be used.*report\.dcm.*no pixel data"):
+    expected = r"(?s)1 image\(s\) cannot be used.*report\.dcm.*no pixel data"
+    with pytest.raises(DataError, match=expected):
         cache.warm(records, hash_files(records), num_workers=0, progress=False)
     with pytest.warns(UserWarning, match="report.dcm"):
         kept = cache.warm(records, hash_files(records), 0, skip_bad_images=True, progress=False)
