@@ -138,7 +138,10 @@ def read_info(path: Path, data: bytes | None = None) -> DicomInfo:
             raise _bad(path, f"cannot read the file: {exc.strerror or exc}") from None
     else:
         ds = _parse(data, path, stop_before_pixels=True)
-    return _info(ds)
+    try:
+        return _info(ds)
+    except Exception as exc:  # values are converted lazily, on first access
+        raise _bad(path, f"an invalid header value: {type(exc).__name__}: {exc}") from None
 
 
 def _parse_file(f, path: Path):
@@ -293,6 +296,15 @@ def decode(data: bytes, path: Path, max_pixels: int) -> np.ndarray:
     BitsStored (or the LUT's output range), MONOCHROME1 inverted so bone is bright."""
     path = Path(path)
     ds = _parse(data, path, stop_before_pixels=False)  # parsing copies bytes, decodes nothing
+    try:
+        return _decode_dataset(ds, path, max_pixels)
+    except DataError:
+        raise
+    except Exception as exc:  # pydicom converts values lazily: a bad tag surfaces here
+        raise _bad(path, f"an invalid header value: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_dataset(ds, path: Path, max_pixels: int) -> np.ndarray:
     info = _info(ds)
     check_decodable(info, path, max_pixels)
     try:
