@@ -75,7 +75,7 @@ def test_test_metrics_and_predict_use_the_stored_threshold(tmp_path):
 
     batches = trainer.predict(model, datamodule=dm)
     first = batches[0]
-    assert set(first) == {"id", "source", "prob", "decision", "label"}
+    assert set(first) == {"id", "source", "view", "prob", "decision", "label"}
     assert first["prob"].shape == (8,) and first["decision"].dtype == torch.int64
     torch.testing.assert_close(first["decision"], (first["prob"] >= 0.37).long())
     assert torch.isnan(first["label"]).all()  # predict images are unlabeled

@@ -17,7 +17,8 @@ from tbclf.data.records import Record
 
 class CachedImageDataset(Dataset):
     """Items are dicts {"image": (1,S,S) tensor, "label": float32 scalar (NaN if unlabeled),
-    "id": str, "source": str}; the default collate turns them into the batch contract.
+    "id": str, "source": str, "view": str (DICOM ViewPosition, "" when unknown)}; the default
+    collate turns them into the batch contract.
 
     "image" is whatever the transform returns: float32 in [0,1] for build_transforms' full
     pipeline, or uint8 for the data module's fast path (TBDataLoader converts whole batches).
@@ -62,6 +63,7 @@ class CachedImageDataset(Dataset):
             "label": self._labels[index],
             "id": record.id,
             "source": record.source,
+            "view": record.view,
         }
 
 

@@ -1,7 +1,9 @@
 """Decode chest X-rays of any common encoding into one uint8 grayscale channel.
 
-Sources differ (8-bit RGB JPEGs, 12-bit values stored in 16-bit PNGs, RGBA exports), so every
-image is brought to the same representation here, once, before caching and augmentation.
+Sources differ (8-bit RGB JPEGs, 12-bit values stored in 16-bit PNGs, RGBA exports, scanned
+films as TIFF, PACS exports as DICOM), so every image is brought to the same representation
+here, once, before caching and augmentation. Formats are told apart by content, never by the
+file name: PNG, JPEG (EXIF orientation applied), TIFF (8/16 bit), BMP, WebP and DICOM.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tbclf.data import dicom
 from tbclf.errors import ConfigError, DataError
 
 DEFAULT_MAX_PIXELS = 200_000_000
 RESIZE_MODES = ("pad", "squash")
+FORMATS = ("png", "jpeg", "dicom", "tiff", "bmp", "webp")
+# Bytes that sniff_format needs (the DICOM magic sits at bytes 128-131).
+SNIFF_BYTES = 132
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_COLOR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
+_EXIF_ORIENTATION = 0x0112
 # JPEG start-of-frame markers carry the image size; C4/C8/CC are other segment types.
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _BIT_DEPTHS = (8, 10, 12, 14, 16)
@@ -31,11 +40,8 @@ def _unreadable(path: Path, why: str) -> DataError:
     )
 
 
-def _jpeg_layout(data: bytes, want_sof: bool = False) -> tuple[int, int, int]:
-    """(height, width, offset of the start-of-scan marker) from JPEG markers; -1 when unknown.
-
-    With `want_sof`, the offset returned is that of the start-of-frame marker instead.
-    """
+def _jpeg_layout(data: bytes) -> tuple[int, int, int]:
+    """(height, width, offset of the start-of-scan marker) from JPEG markers; -1 when unknown."""
     height = width = -1
     i = 2
     n = len(data)
@@ -56,61 +62,99 @@ def _jpeg_layout(data: bytes, want_sof: bool = False) -> tuple[int, int, int]:
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _SOF_MARKERS and i + 9 <= n:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            if want_sof:
-                return height, width, i
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             return height, width, i
         i += 2 + length
     return height, width, -1
 
 
-_PNG_COLOR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
-_JPEG_COMPONENTS = {1: "gray", 3: "RGB/YCbCr", 4: "CMYK"}
+def sniff_format(head: bytes) -> str | None:
+    """The format from the first SNIFF_BYTES bytes, or None when it is none tbclf reads."""
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head.startswith(_JPEG_SIGNATURE):
+        return "jpeg"
+    # Before TIFF: a DICOM preamble may itself be a TIFF header (dual-personality files).
+    if dicom.is_dicom(head):
+        return "dicom"
+    if head[:4] in _TIFF_SIGNATURES:
+        return "tiff"
+    if head.startswith(b"BM") and len(head) >= 26:
+        return "bmp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    return None
 
 
-def file_info(path: str | Path, head_bytes: int = 1 << 16) -> dict[str, object]:
-    """Format, stored size, bit depth and colour layout from the file's header (no decode).
+def _tiff_tags(data: bytes, wanted: set[int]) -> dict[int, int]:
+    """First value of the wanted tags of a TIFF stream's first IFD (also EXIF's IFD0)."""
+    if len(data) < 8 or data[:2] not in (b"II", b"MM"):
+        return {}
+    bo = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack(bo + "H", data[2:4])[0] == 43
+    try:
+        if big:
+            (offset,) = struct.unpack(bo + "Q", data[8:16])
+            (count,) = struct.unpack(bo + "Q", data[offset : offset + 8])
+            start, size, head = offset + 8, 20, bo + "HHQ"
+        else:
+            (offset,) = struct.unpack(bo + "I", data[4:8])
+            (count,) = struct.unpack(bo + "H", data[offset : offset + 2])
+            start, size, head = offset + 2, 12, bo + "HHI"
+        out: dict[int, int] = {}
+        for i in range(min(count, 4096)):
+            entry = data[start + i * size : start + (i + 1) * size]
+            if len(entry) < size:
+                break
+            tag, kind, _ = struct.unpack(head, entry[: struct.calcsize(head)])
+            if tag not in wanted:
+                continue
+            value = entry[size - (8 if big else 4) :]
+            if kind == 3:  # SHORT
+                out[tag] = struct.unpack(bo + "H", value[:2])[0]
+            elif kind == 4:  # LONG
+                out[tag] = struct.unpack(bo + "I", value[:4])[0]
+            elif kind == 16 and big:  # LONG8
+                out[tag] = struct.unpack(bo + "Q", value[:8])[0]
+        return out
+    except struct.error:
+        return {}
 
-    Unknown or truncated headers give format "unknown" (the decoder then says what is wrong).
-    """
-    with open(path, "rb") as handle:
-        data = handle.read(head_bytes)
-    info: dict[str, object] = {
-        "format": "unknown", "width": None, "height": None, "bit_depth": None, "color": None,
-    }  # fmt: skip
-    if data.startswith(_PNG_SIGNATURE) and len(data) >= 26 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        color = _PNG_COLOR_TYPES.get(data[25], f"type{data[25]}")
-        info.update(format="png", width=width, height=height, bit_depth=int(data[24]), color=color)
-    elif data.startswith(_JPEG_SIGNATURE):
-        info["format"] = "jpeg"
-        height, width, _ = _jpeg_layout(data)
-        sof = _jpeg_sof(data)
-        if height > 0 and sof is not None:
-            precision, comps = sof
-            color = _JPEG_COMPONENTS.get(comps, f"{comps}ch")
-            info.update(width=width, height=height, bit_depth=precision, color=color)
-    return info
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    kind = data[12:16]
+    if kind == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        (w,) = struct.unpack("<H", data[26:28])
+        (h,) = struct.unpack("<H", data[28:30])
+        return h & 0x3FFF, w & 0x3FFF
+    if kind == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if kind == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[27:30], "little"), 1 + int.from_bytes(data[24:27], "little")
+    return -1, -1
 
 
-def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
-    """(sample precision, component count) of the JPEG start-of-frame segment."""
-    offset = _jpeg_layout(data, want_sof=True)[2]
-    if offset < 0 or offset + 10 > len(data):
-        return None
-    return int(data[offset + 4]), int(data[offset + 9])
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    (header,) = struct.unpack("<I", data[14:18])
+    if header == 12:
+        w, h = struct.unpack("<HH", data[18:22])
+        return h, w
+    w, h = struct.unpack("<ii", data[18:26])
+    return abs(h), w
 
 
 def image_header(data: bytes, path: Path) -> tuple[str, int, int]:
-    """(format, height, width) from the PNG IHDR or JPEG SOF header, without decoding pixels."""
+    """(format, height, width) from the file's own header, without decoding pixels."""
     if len(data) == 0:
         raise _unreadable(path, "the file is empty")
-    if data.startswith(_PNG_SIGNATURE):
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    if fmt == "png":
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise _unreadable(path, "the PNG header is truncated or corrupt")
         width, height = struct.unpack(">II", data[16:24])
         return "png", height, width
-    if data.startswith(_JPEG_SIGNATURE):
+    if fmt == "jpeg":
         height, width, sos = _jpeg_layout(data)
         if height <= 0 or width <= 0 or sos < 0:
             raise _unreadable(path, "the JPEG header is truncated or corrupt")
@@ -119,7 +163,77 @@ def image_header(data: bytes, path: Path) -> tuple[str, int, int]:
         if data.find(b"\xff\xd9", sos) < 0:
             raise _unreadable(path, "the JPEG data is truncated")
         return "jpeg", height, width
-    raise _unreadable(path, "not a PNG or JPEG file")
+    if fmt == "dicom":
+        info = dicom.read_info(path, data)
+        return "dicom", info.rows, info.columns
+    if fmt == "tiff":
+        tags = _tiff_tags(data, {256, 257})
+        height, width = tags.get(257, -1), tags.get(256, -1)
+    elif fmt == "bmp":
+        height, width = _bmp_size(data)
+    elif fmt == "webp":
+        height, width = _webp_size(data)
+    else:
+        raise _unreadable(path, "not a PNG, JPEG, TIFF, BMP, WebP or DICOM file")
+    if height <= 0 or width <= 0:
+        raise _unreadable(path, f"the {fmt.upper()} header is truncated or corrupt")
+    return fmt, height, width
+
+
+def _png_chunks(data: bytes):
+    """(type, body) of the PNG chunks before the pixel data."""
+    i = len(_PNG_SIGNATURE)
+    while i + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        kind = data[i + 4 : i + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return
+        yield kind, data[i + 8 : i + 8 + length]
+        i += 12 + length
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The colour channels' significant bits from a PNG's sBIT chunk (alpha excluded)."""
+    if len(data) < 26:
+        return None
+    color = data[25]
+    for kind, body in _png_chunks(data):
+        if kind == b"sBIT" and body:
+            planes = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(color, len(body))
+            bits = max(body[:planes])
+            return int(bits) if 1 <= bits <= 16 else None
+    return None
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """EXIF orientation (1-8) of a JPEG from its APP1 segment; 1 when absent."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:
+            break
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+            tiff = data[i + 10 : i + 2 + length]
+            value = _tiff_tags(tiff, {_EXIF_ORIENTATION}).get(_EXIF_ORIENTATION, 1)
+            return value if 1 <= value <= 8 else 1
+        i += 2 + length
+    return 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright as EXIF says (same transforms as PIL's exif_transpose)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return img if op is None else np.ascontiguousarray(op(img))
 
 
 def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
@@ -139,13 +253,19 @@ def effective_bit_depth(max_value: int) -> int:
     return 16
 
 
-def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
-    """Scale by the effective bit depth, so 12-bit images keep their contrast, without clipping."""
+def _to_uint8(img: np.ndarray, path: Path, significant_bits: int | None = None) -> np.ndarray:
+    """Scale by the file's declared bit depth (PNG sBIT) when its values fit it, else by the
+    effective bit depth, so 12-bit images keep their contrast, without clipping."""
     if img.dtype == np.uint8:
         return img
     if img.dtype != np.uint16:
         raise _unreadable(path, f"unsupported pixel type {img.dtype}")
-    bits = effective_bit_depth(int(img.max()) if img.size else 0)
+    peak = int(img.max()) if img.size else 0
+    sbit = significant_bits
+    if sbit is not None and 8 <= sbit <= 16 and peak < (1 << sbit):
+        bits = sbit
+    else:  # no sBIT, or values scaled to the full range as the PNG spec asks
+        bits = effective_bit_depth(peak)
     top = (1 << bits) - 1
     lut = np.round(np.arange(top + 1, dtype=np.float64) * (255.0 / top)).astype(np.uint8)
     return lut[img]
@@ -208,6 +328,8 @@ def decode_bytes(
     decoded; `min_side` lets big JPEGs decode at a reduced scale that still leaves 2x it.
     """
     path = Path(name)
+    if sniff_format(data[:SNIFF_BYTES]) == "dicom":
+        return dicom.decode(data, path, max_pixels)
     fmt, height, width = image_header(data, path)
     _check_pixels(path, height, width, max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -219,7 +341,11 @@ def decode_bytes(
         img = _imdecode(buf, cv2.IMREAD_UNCHANGED, path, fmt)
     if img is None or img.size == 0:
         raise _unreadable(path, f"OpenCV could not decode the {fmt.upper()} data")
-    return _to_uint8(_to_gray(img), path)
+    sbit = png_significant_bits(data) if fmt == "png" else None
+    gray = _to_uint8(_to_gray(img), path, sbit)
+    if fmt == "jpeg":
+        gray = apply_orientation(gray, jpeg_orientation(data))
+    return gray
 
 
 def _decode(path: Path, max_pixels: int, min_side: int | None = None) -> np.ndarray:
@@ -228,7 +354,7 @@ def _decode(path: Path, max_pixels: int, min_side: int | None = None) -> np.ndar
 
 
 def read_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an 8/16-bit gray/RGB/RGBA PNG or JPEG as uint8 HxW.
+    """Read any supported image (PNG, JPEG, TIFF, BMP, WebP, DICOM) as uint8 HxW.
 
     Bytes are decoded from memory, so non-ASCII paths work; the header is checked against
     max_pixels before any pixel is decoded.
@@ -322,3 +448,90 @@ def load_prepared(
     if crop_border:
         img = crop_black_border(img)
     return np.ascontiguousarray(fit_to_square(img, image_size, resize))
+
+
+def file_info(path: Path, head_bytes: int = 1 << 16) -> dict[str, object]:
+    """Format, stored size, bit depth and colour layout from the header (no pixel decode).
+
+    For eda's format table. bit_depth is the significant bits where the file says (PNG sBIT,
+    DICOM BitsStored); unknown or unreadable headers give format "unknown".
+    """
+    path = Path(path)
+    info: dict[str, object] = {
+        "format": "unknown", "height": None, "width": None, "bit_depth": None, "color": None,
+    }  # fmt: skip
+    try:
+        with open(path, "rb") as f:
+            data = f.read(head_bytes)
+    except OSError:
+        return info
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    if fmt is None:
+        return info
+    if fmt == "dicom":
+        try:
+            meta = dicom.read_info(path)
+        except DataError:
+            return {**info, "format": "dicom"}
+        return {
+            **info,
+            "format": "dicom",
+            "height": meta.rows or None,
+            "width": meta.columns or None,
+            "bit_depth": meta.bits_stored or None,
+            "color": meta.photometric or None,
+        }
+    try:
+        _, height, width = image_header(data, path)
+    except DataError:
+        if fmt != "jpeg":  # a JPEG header may continue past head_bytes
+            return {**info, "format": fmt}
+        height = width = None
+    info.update(format=fmt, height=height, width=width)
+    if fmt == "png" and len(data) >= 26:
+        depth = int(data[24])
+        info["bit_depth"] = png_significant_bits(data) if depth == 16 else depth
+        info["bit_depth"] = info["bit_depth"] or depth
+        info["color"] = _PNG_COLOR_TYPES.get(data[25], f"type{data[25]}")
+    elif fmt == "jpeg":
+        sof = _jpeg_sof(data)
+        if sof is not None:
+            precision, height, width, comps = sof
+            info.update(height=height, width=width, bit_depth=precision)
+            info["color"] = {1: "gray", 3: "RGB/YCbCr", 4: "CMYK"}.get(comps, f"{comps}ch")
+    elif fmt == "tiff":
+        tags = _tiff_tags(data, {258, 277})
+        info["bit_depth"] = tags.get(258)
+        samples = tags.get(277, 1)
+        info["color"] = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}.get(samples)
+    elif fmt == "bmp" and len(data) >= 30:
+        (header,) = struct.unpack("<I", data[14:18])
+        (bits,) = struct.unpack("<H", data[24:26] if header == 12 else data[28:30])
+        info["bit_depth"] = 8
+        info["color"] = {1: "palette", 4: "palette", 8: "palette/gray", 24: "RGB", 32: "RGBA"}.get(
+            bits, f"{bits}bpp"
+        )
+    elif fmt == "webp":
+        info.update(bit_depth=8, color="RGB")
+    return info
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, height, width, components) from the JPEG start-of-frame marker."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF_MARKERS and i + 10 <= len(data):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return int(data[i + 4]), height, width, int(data[i + 9])
+        if marker == 0xDA:
+            return None
+        i += 2 + length
+    return None

@@ -258,6 +258,7 @@ class TBClassifier(pl.LightningModule):
             {
                 "id": [str(i) for i in batch["id"]],
                 "source": [str(s) for s in batch.get("source", [""] * n)],
+                "view": [str(v) for v in batch.get("view", [""] * n)],
                 "prob": torch.sigmoid(logits).detach().cpu().numpy().astype(np.float32),
                 "label": labels.detach().cpu().numpy().astype(np.float32),
             }
@@ -279,6 +280,7 @@ class TBClassifier(pl.LightningModule):
         return {
             "id": [str(i) for i in batch["id"]],
             "source": [str(s) for s in batch.get("source", [""] * n)],
+            "view": [str(v) for v in batch.get("view", [""] * n)],
             "prob": probs,
             "decision": (probs >= self.threshold.cpu()).to(torch.int64),
             "label": torch.full((n,), float("nan")) if label is None else label.float().cpu(),
