@@ -418,3 +418,41 @@ def test_bad_manifest_names_itself(tmp_path: Path, text: str) -> None:
     (tmp_path / MANIFEST_NAME).write_text(text)
     with pytest.raises(DataError, match=r"\.tbclf-download-manifest\.json.*delete it"):
         ensure_nlm_data(tmp_path, sources=["montgomery"], base_urls=["http://127.0.0.1:9/"])
+
+
+# ------------------------------------------------------------------ one process downloads
+
+
+def test_only_prepare_data_downloads_under_a_trainer(tmp_path: Path, monkeypatch) -> None:
+    """Lightning runs prepare_data once per machine; setup() on every DDP rank never fetches."""
+    from types import SimpleNamespace
+
+    from imaging import make_dataset
+
+    import tbclf.data.download as download
+    from tbclf.data.datamodule import TBDataModule
+
+    calls: list[Path] = []
+
+    def fake_download(root, *args, **kwargs):
+        calls.append(Path(root))
+        make_dataset(root, "nlm", n_per_class=10, size=40)
+        return []
+
+    monkeypatch.setattr(download, "ensure_nlm_data", fake_download)
+    root = tmp_path / "nlm"
+
+    def datamodule() -> TBDataModule:
+        dm = TBDataModule(root=root, download=True, image_size=32, num_workers=0,
+                          cache_dir=tmp_path / "cache")  # fmt: skip
+        dm.trainer = SimpleNamespace(logger=None, global_rank=1, lightning_module=None)
+        return dm
+
+    with pytest.raises(DataError, match="data.root"):
+        datamodule().setup("fit")  # a rank whose prepare_data did not fetch: no download
+    assert calls == []
+    datamodule().prepare_data()
+    assert calls == [root]
+    datamodule().prepare_data()  # images there: nothing fetched again
+    datamodule().setup("fit")
+    assert calls == [root]

@@ -344,7 +344,11 @@ class TBDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> TBDataLoader:
         dataset = self._dataset(name)
         if not shuffle:
-            return build_loader(dataset, self.batch_size, self.num_workers, False)
+            # A generator of its own: creating an evaluation loader's iterator then never draws
+            # from the global torch RNG, so training's streams (dropout) do not depend on when
+            # or how often validation loaders start (persistent workers, a resumed run).
+            generator = torch.Generator().manual_seed(self.seed)
+            return build_loader(dataset, self.batch_size, self.num_workers, False, generator)
         return build_loader(
             dataset,
             self.batch_size,

@@ -120,11 +120,12 @@ class TBDataLoader(DataLoader):
     the 1500 images/s target. The conversion (one vectorised op per batch) runs here, in the
     consuming process, so every batch still follows the float32 [0,1] contract.
 
-    With a ``generator`` (the training loader) every epoch's augmentation stream is drawn from
-    it when the epoch starts: in this process (``num_workers=0``) here, in workers through
-    :func:`seed_worker` (the workers' seeds come from the same generator). An epoch's shuffle
-    and augmentation are then a function of the generator's state alone, which a checkpoint
-    saves (:mod:`tbclf.engine.rng_state`), so a resumed run draws exactly what it would have.
+    With a ``generator`` (every data module loader has one; only training's pipeline draws
+    random numbers) every epoch's augmentation stream is drawn from it when the epoch starts:
+    in this process (``num_workers=0``) here, in workers through :func:`seed_worker` (the
+    workers' seeds come from the same generator). An epoch's shuffle and augmentation are then
+    a function of the generator's state alone, which a checkpoint saves
+    (:mod:`tbclf.engine.rng_state`), so a resumed run draws exactly what it would have.
     """
 
     def __iter__(self):
