@@ -331,6 +331,7 @@ def test_ddp_two_cpu_processes(workspace: Path, tmp_path: Path) -> None:
     for rank in _probes(tmp_path / "probe", "test"):
         (epoch,) = rank["test"]
         assert len(epoch) == len(set(epoch)) and sorted(epoch) == test_ids
-    report = runs / "version_0" / "report"
+    (metrics_json,) = (runs / "version_0").glob("**/report/metrics.json")  # one report
+    report = metrics_json.parent
     assert json.loads((report / "metrics.json").read_text())["n"] == len(test_ids)
     assert sorted(r["ID"] for r in _read_csv(report / "predictions.csv")) == test_ids
