@@ -26,6 +26,7 @@ from tbclf.data.datamodule import TBDataModule
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.report_callback import ReportCallback
+from tbclf.engine.rng_state import RNGStateCallback
 from tbclf.engine.rundir import discard_failed, find_checkpoint, run_dir_of, stage_version
 from tbclf.engine.writer import PredictionWriter
 from tbclf.errors import ConfigError, TbclfError
@@ -364,6 +365,7 @@ def cli_main(args: list[str] | None = None) -> None:
                     last_checkpoint(),
                     ReportCallback(),
                     LearningRateMonitor(logging_interval="epoch"),
+                    RNGStateCallback(),
                 ]
             },
             parser_kwargs={"prog": PROG, "description": usage(), "env_prefix": "TBCLF"},

@@ -48,7 +48,7 @@ def data(tmp_path: Path) -> dict[str, int | None]:
 
 
 def check_batch(batch: dict, batch_size: int | None = None) -> None:
-    assert set(batch) == {"image", "label", "id", "source", "view"}
+    assert set(batch) == {"image", "label", "id", "source", "view", "index"}
     image, label = batch["image"], batch["label"]
     n = image.shape[0]
     if batch_size is not None:

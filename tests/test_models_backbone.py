@@ -172,3 +172,77 @@ def test_input_adapter_checks_shapes_and_normalises():
         adapter(torch.rand(2, 2, 8, 8))
     assert torch.equal(InputAdapter(in_chans=1)(x), x)
     assert "mean" in dict(adapter.named_buffers())  # travels with the checkpoint
+
+
+# --------------------------------------------------------------- untrusted weights files
+
+
+def test_hub_named_file_is_checked_against_the_hash_in_its_name(tmp_path):
+    import hashlib
+    import shutil
+
+    source = offline_mobilenetv2_weights()
+    good = tmp_path / "good" / source.name
+    good.parent.mkdir()
+    shutil.copyfile(source, good)
+    assert len(read_state_dict(good)) == 314  # the real file passes its own check
+
+    truncated = tmp_path / "cut" / source.name
+    truncated.parent.mkdir()
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(ConfigError) as err:
+        create_backbone("mobilenetv2_100", weights=truncated)
+    msg = str(err.value)
+    digest = hashlib.sha256(truncated.read_bytes()).hexdigest()
+    assert str(truncated) in msg and "b0353104" in msg and digest in msg
+    assert "truncated" in msg
+
+    # A complete, loadable file saved under the hub name of another: refused before loading.
+    other = tmp_path / "other" / source.name
+    other.parent.mkdir()
+    torch.save(timm.create_model("mobilenetv2_100", pretrained=False).state_dict(), other)
+    with pytest.raises(ConfigError, match=r"not the one its name promises") as err:
+        create_backbone("mobilenetv2_100", weights=other)
+    assert str(other) in str(err.value)
+
+    # Any weights: file named in the convention is checked, with its true prefix it loads.
+    sd = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=1).state_dict()
+    plain = tmp_path / "mine.pth"
+    torch.save(sd, plain)
+    prefix = hashlib.sha256(plain.read_bytes()).hexdigest()[:10]
+    named = plain.rename(tmp_path / f"mine-{prefix}.pth")
+    model = create_backbone("mobilenetv2_100", weights=named)
+    assert torch.equal(model.classifier.weight, sd["classifier.weight"])
+    wrong = named.rename(tmp_path / f"mine-{'0' * 10}.pth")
+    with pytest.raises(ConfigError, match=r"mine-0000000000\.pth fails its checksum"):
+        create_backbone("mobilenetv2_100", weights=wrong)
+
+
+def test_names_that_only_look_like_hashes_are_not_checked(tmp_path):
+    from tbclf.models.backbone import hash_prefix_of
+
+    assert hash_prefix_of("mobilenet_v2-b0353104.pth") == "b0353104"
+    for name in ("best-0.91.ckpt", "epoch=3-step=100.ckpt", "resnet18.pth", "last-v1.ckpt"):
+        assert hash_prefix_of(name) is None, name
+    sd = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=1).state_dict()
+    torch.save(sd, tmp_path / "best-0.91.pth")
+    create_backbone("mobilenetv2_100", weights=tmp_path / "best-0.91.pth")
+
+
+class _Marker:
+    """Unpickling this would create a file: what a crafted weights file does."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_weights_file_with_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Marker(marker)}, evil)
+    with pytest.raises(ConfigError, match=r"evil\.pth"):
+        create_backbone("mobilenetv2_100", weights=evil)
+    assert not marker.exists()

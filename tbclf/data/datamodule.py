@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from tbclf.data import layouts
 from tbclf.data.cache import DecodeCache
-from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader
+from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader, rank_seed
 from tbclf.data.grouping import group_keys
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.neardup import find_near_duplicates
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 class TBDataModule(pl.LightningDataModule):
     """Healthy (0) vs TB (1) chest X-rays; every dataloader yields the batch dict contract:
     {"image": float32 (B,1,S,S) in [0,1], "label": float32 (B,) NaN if unlabeled,
-    "id": list[str], "source": list[str], "view": list[str]}."""
+    "id": list[str], "source": list[str], "view": list[str],
+    "index": int64 (B,) position in its data set}."""
 
     def __init__(
         self,
@@ -219,6 +220,23 @@ class TBDataModule(pl.LightningDataModule):
             self._setup_labeled()
         self._write_split_for_run(stage)
 
+    def prepare_data(self) -> None:
+        """Download the public NLM sets into an empty data.root (data.download=true).
+
+        Lightning calls this in one process per machine before any setup(), so DDP ranks never
+        fetch the same archive side by side.
+        """
+        if not self.download or self.root is None:
+            return
+        try:
+            layouts.discover(self.root, self.layout)
+            return  # images are there already
+        except DataError:
+            pass
+        from tbclf.data.download import ensure_nlm_data
+
+        ensure_nlm_data(self.root)
+
     def _discover(self) -> list[Record]:
         if self.root is None:
             raise DataError(
@@ -228,14 +246,13 @@ class TBDataModule(pl.LightningDataModule):
         try:
             return layouts.discover(self.root, self.layout, self.keep_lateral)
         except DataError as exc:
-            if not self.download:
+            if not self.download or self.trainer is not None:
+                # Under a Trainer, prepare_data() has already downloaded what it could.
                 if "data.root" in str(exc):
                     raise
                 raise DataError(f"data.root={self.root}: {exc}") from None
-        # No usable images (or no folder yet): fetch the public NLM sets into root.
-        from tbclf.data.download import ensure_nlm_data
-
-        ensure_nlm_data(self.root)
+        # Used without a Trainer (nobody called prepare_data): fetch the NLM sets now.
+        self.prepare_data()
         return layouts.discover(self.root, self.layout, self.keep_lateral)
 
     def _hash(self, records: list[Record]) -> dict[Path, str]:
@@ -388,14 +405,31 @@ class TBDataModule(pl.LightningDataModule):
                 self.setup("fit")
         return self._datasets[name]
 
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The training loader's RNG (shuffle order, augmentation seeds): its own stream per
+        DDP rank, saved in checkpoints by :mod:`tbclf.engine.rng_state` for an exact resume."""
+        if self._train_generator is None:
+            rank = int(getattr(self.trainer, "global_rank", 0) or 0)
+            self._train_generator = torch.Generator().manual_seed(rank_seed(self.seed, rank))
+        return self._train_generator
+
     def _loader(self, name: str, shuffle: bool) -> TBDataLoader:
         dataset = self._dataset(name)
-        generator = None
-        if shuffle:
-            if self._train_generator is None:
-                self._train_generator = torch.Generator().manual_seed(self.seed)
-            generator = self._train_generator
-        return build_loader(dataset, self.batch_size, self.num_workers, shuffle, generator)
+        if not shuffle:
+            # A generator of its own: creating an evaluation loader's iterator then never draws
+            # from the global torch RNG, so training's streams (dropout) do not depend on when
+            # or how often validation loaders start (persistent workers, a resumed run).
+            generator = torch.Generator().manual_seed(self.seed)
+            return build_loader(dataset, self.batch_size, self.num_workers, False, generator)
+        return build_loader(
+            dataset,
+            self.batch_size,
+            self.num_workers,
+            True,
+            self.train_generator,
+            persistent_workers=False,  # fresh workers seeded from the generator each epoch
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

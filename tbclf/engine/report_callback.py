@@ -71,8 +71,16 @@ class ReportCallback(Callback):
         self.last_report: dict[str, Any] | None = None
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return  # test_outputs are gathered from all ranks; one writer is enough
+        # trainer.log_dir is a broadcast under DDP: every rank must ask, or rank 0 waits in it
+        # for ranks that have left ("Connection closed by peer").
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        try:
+            if trainer.is_global_zero:  # test_outputs are gathered from all ranks: one writer
+                self._write(trainer, pl_module, Path(log_dir))
+        finally:  # the other ranks wait for the report, and never for a rank that failed
+            trainer.strategy.barrier("ReportCallback.on_test_end")
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log_dir: Path) -> None:
         outputs = getattr(pl_module, "test_outputs", None)
         if not outputs or _get(outputs, "prob") is None:
             warnings.warn(
@@ -101,8 +109,7 @@ class ReportCallback(Callback):
         )
         threshold = getattr(pl_module, "threshold", 0.5)
         threshold = float(threshold.item() if hasattr(threshold, "item") else threshold)
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        out = Path(log_dir) / self.subdir
+        out = log_dir / self.subdir
         step = trainer.global_step
         experiments = (
             [

