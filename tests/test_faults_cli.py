@@ -8,9 +8,8 @@ current one is not.
 
 from __future__ import annotations
 
-import json
-
 import csv
+import json
 import multiprocessing
 import os
 import re
