@@ -75,6 +75,10 @@ class PredictionWriter(BasePredictionWriter):
         if not rows:
             raise ConfigError("predict produced no rows: is data.predict_root empty?")
         path = self.resolve_output(trainer)
+        sidecar = sidecar_path(path)
+        # A stale sidecar must never describe new rows: gone before the CSV changes, written
+        # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
+        sidecar.unlink(missing_ok=True)
         with_truth = any(row[3] is not None for row in rows)
         write_csv(
             path,
@@ -85,11 +89,13 @@ class PredictionWriter(BasePredictionWriter):
                 for ident, prob, decision, truth in rows
             ),
         )
-        ckpt = trainer.ckpt_path
-        record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
-        sidecar = sidecar_path(path)
-        atomic_write_json(sidecar, {"predictions_csv": path.name, "n": len(rows), **record})
         self.written = path
+        if pl_module is None:  # called outside a predict loop: no model to describe
+            print(f"wrote {len(rows)} predictions to {path}")
+            return
+        ckpt = getattr(trainer, "ckpt_path", None)
+        record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
+        atomic_write_json(sidecar, {"predictions_csv": path.name, "n": len(rows), **record})
         print(f"wrote {len(rows)} predictions to {path} (threshold and model: {sidecar})")
 
 
