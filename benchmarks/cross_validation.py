@@ -158,7 +158,7 @@ def subset(probs: list, labels: list, sources: list, source: str) -> tuple[list,
 
 def table(rows: list[dict]) -> str:
     """Fold AUROC mean and spread per variant, pooled AUROC, then pooled AUROC per source."""
-    from tbclf.evaluation.bootstrap import auroc
+    from tbclf.evaluation.roc import auroc
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:

@@ -25,18 +25,20 @@ def tv_weights():
     return path, torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_torchvision_layout_loads_strictly_and_equals_source(tv_weights):
+def test_torchvision_layout_maps_to_the_same_network(tv_weights):
+    """The in-order key mapping is checked by what the network computes, not by the order
+    that built it: torchvision's own MobileNetV2 with the file gives the same logits."""
+    import torchvision
+
     path, source = tv_weights
-    assert len(source) == 314 and next(iter(source)).startswith("features.")
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(source, strict=True)
+    mapped = imagenet_mobilenetv2(path)  # timm layout, tensors renamed in order
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(mapped(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
     model = create_backbone("mobilenetv2_100", weights=path, in_chans=3)
-    got = model.state_dict()
-    assert len(got) == 314
-    assert model.get_classifier().out_features == 1
-    n_checked = 0
-    for (key, value), src in zip(list(got.items())[:-2], list(source.values())[:-2], strict=True):
-        assert torch.equal(value, src), key
-        n_checked += 1
-    assert n_checked == 312  # everything but the new 1-logit head
+    assert model.get_classifier().out_features == 1  # new 1-logit head, strict load of the rest
 
 
 def test_torchvision_layout_into_one_channel_sums_first_conv(tv_weights):

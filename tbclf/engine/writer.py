@@ -1,4 +1,6 @@
-"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) once predict has finished."""
+"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) once predict has finished,
+and beside it `predictions.json`: the threshold behind DECISION and where it came from, the
+model class and input spec, so `tbclf report` never has to guess them from the CSV."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from tbclf.engine.provenance import model_record
 from tbclf.errors import ConfigError
-from tbclf.io import write_csv
+from tbclf.evaluation.report import sidecar_path
+from tbclf.io import atomic_write_json, write_csv
 
 FIELDS = ["ID", "LABEL", "DECISION"]
 
@@ -22,8 +26,10 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         output: CSV path. Default: `predictions.csv` in the checkpoint's run folder (or the
             trainer's log folder when the checkpoint sits elsewhere).
-        overwrite: replace an existing file. Without it an existing file stops the run before any
-            image is predicted, so a user's earlier predictions are never lost.
+        overwrite: replace existing files. Without it an existing CSV or sidecar stops the run
+            before any image is predicted, so a user's earlier predictions are never lost.
+
+    The sidecar is the CSV's path with ``.json`` (``predictions.json``).
     """
 
     def __init__(self, output: str | None = None, overwrite: bool = False) -> None:
@@ -41,11 +47,17 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         path = self.resolve_output(trainer)
-        if path.exists() and not self.overwrite:
+        if path.suffix.lower() == ".json":
             raise ConfigError(
-                f"{path} already exists. Pass --writer.overwrite true to replace it, or "
-                "--writer.output OTHER.csv to keep both."
+                f"--writer.output {path}: the CSV needs another suffix than .json (its sidecar "
+                "is the same path with .json)."
             )
+        for existing in (path, sidecar_path(path)):
+            if existing.exists() and not self.overwrite:
+                raise ConfigError(
+                    f"{existing} already exists. Pass --writer.overwrite true to replace it, or "
+                    "--writer.output OTHER.csv to keep both."
+                )
         if trainer.world_size > 1:
             raise ConfigError(
                 "predict writes one CSV from one process: run it with --trainer.devices 1 "
@@ -63,6 +75,10 @@ class PredictionWriter(BasePredictionWriter):
         if not rows:
             raise ConfigError("predict produced no rows: is data.predict_root empty?")
         path = self.resolve_output(trainer)
+        sidecar = sidecar_path(path)
+        # A stale sidecar must never describe new rows: gone before the CSV changes, written
+        # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
+        sidecar.unlink(missing_ok=True)
         with_truth = any(row[3] is not None for row in rows)
         write_csv(
             path,
@@ -74,7 +90,13 @@ class PredictionWriter(BasePredictionWriter):
             ),
         )
         self.written = path
-        print(f"wrote {len(rows)} predictions to {path}")
+        if pl_module is None:  # called outside a predict loop: no model to describe
+            print(f"wrote {len(rows)} predictions to {path}")
+            return
+        ckpt = getattr(trainer, "ckpt_path", None)
+        record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
+        atomic_write_json(sidecar, {"predictions_csv": path.name, "n": len(rows), **record})
+        print(f"wrote {len(rows)} predictions to {path} (threshold and model: {sidecar})")
 
 
 def _rows(predictions: Any):

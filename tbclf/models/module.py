@@ -30,6 +30,7 @@ from torchmetrics.classification import (
 
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
+from tbclf.evaluation.metrics import point_metrics
 from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
 
 SCHEDULERS = ("cosine", "plateau", "none")
@@ -368,24 +369,9 @@ class TBClassifier(pl.LightningModule):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        probs_t = torch.as_tensor(probs, device=self.device)
-        labels_t = torch.as_tensor(labels, device=self.device).long()
-        collection, auroc = self.metrics[stage], self.auroc[stage]
-        collection.reset()
-        auroc.reset()
-        collection.update((probs_t >= threshold).long(), labels_t)
-        auroc.update(probs_t, labels_t)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torchmetrics' one-class warnings
-            values = {k: float(v) for k, v in collection.compute().items()}
-            values[f"{stage}/auroc"] = float(auroc.compute())
-        collection.reset()
-        auroc.reset()
-        if n_pos == 0 or n_neg == 0:
-            values[f"{stage}/auroc"] = float("nan")
-        if n_pos == 0:
-            values[f"{stage}/sensitivity"] = float("nan")
-        if n_neg == 0:
-            values[f"{stage}/specificity"] = float("nan")
+        # tbclf's one implementation of the metrics (numpy; NaN where a class is absent).
+        point = point_metrics(probs, labels, threshold)
+        logged = ("auroc", "accuracy", "sensitivity", "specificity", "f1")
+        values = {f"{stage}/{name}": point[name] for name in logged}
         for name, value in values.items():
             self.log(name, value, prog_bar=name == MONITOR, sync_dist=True)
