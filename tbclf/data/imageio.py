@@ -306,9 +306,12 @@ class SquareGeometry:
         src = np.asarray(square_map, dtype=np.float32)
         if src.shape != (self.size, self.size):
             raise ValueError(f"map is {src.shape}, expected ({self.size}, {self.size})")
+        # Sample the image part only, edges replicated: the padding never bleeds back in.
+        ptop, pleft, nh, nw = self.placed
+        affine = self.image_to_square() - np.array([[0.0, 0.0, pleft], [0.0, 0.0, ptop]])
         out = cv2.warpAffine(
-            src,
-            self.image_to_square(),
+            np.ascontiguousarray(src[ptop : ptop + nh, pleft : pleft + nw]),
+            affine,
             (self.width, self.height),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,

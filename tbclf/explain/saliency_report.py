@@ -91,7 +91,8 @@ def summarise(run: SaliencyRun, seed: int = 0, n_boot: int = N_BOOT) -> dict[str
         by_name.setdefault(row["method"], []).append(row)
     uniform = {r["id"]: r for r in by_name.get("uniform", [])}
     table = {}
-    for name, rows in by_name.items():
+    order = [n for n in [*run.methods, *run.baselines] if n in by_name]
+    for name, rows in ((n, by_name[n]) for n in order):
         entry: dict[str, Any] = {
             "kind": rows[0]["kind"],
             "n_images": len(rows),
