@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -362,27 +363,41 @@ def read_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return _decode(Path(path), max_pixels)
 
 
-def crop_black_border(img: np.ndarray, threshold: int = 10, min_keep: float = 0.5) -> np.ndarray:
-    """Remove near-black bands along the edges (Montgomery scans carry one at the bottom).
+def border_box(
+    img: np.ndarray, threshold: int = 10, min_keep: float = 0.5
+) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the part of `img` that :func:`crop_black_border` keeps.
 
     A row/column belongs to a band when at most 1% of its pixels exceed threshold. Bands are
     only removed when at least min_keep of each side remains, so a dark image is never
-    cropped to nothing; images without bands come back unchanged (same object).
+    cropped to nothing. Saliency maps use it to put the model's view back in the image frame.
     """
+    h, w = img.shape[:2]
     if img.ndim != 2 or img.size == 0:
-        return img
+        return 0, h, 0, w
     bright = img > threshold
-    h, w = img.shape
     rows_ok = np.count_nonzero(bright, axis=1) > 0.01 * w
     cols_ok = np.count_nonzero(bright, axis=0) > 0.01 * h
     if not rows_ok.any() or not cols_ok.any():
-        return img
+        return 0, h, 0, w
     top, bottom = int(np.argmax(rows_ok)), h - int(np.argmax(rows_ok[::-1]))
     left, right = int(np.argmax(cols_ok)), w - int(np.argmax(cols_ok[::-1]))
     if bottom - top < min_keep * h:
         top, bottom = 0, h
     if right - left < min_keep * w:
         left, right = 0, w
+    return top, bottom, left, right
+
+
+def crop_black_border(img: np.ndarray, threshold: int = 10, min_keep: float = 0.5) -> np.ndarray:
+    """Remove near-black bands along the edges (Montgomery scans carry one at the bottom).
+
+    See :func:`border_box` for the rule; images without bands come back unchanged (same object).
+    """
+    if img.ndim != 2 or img.size == 0:
+        return img
+    h, w = img.shape
+    top, bottom, left, right = border_box(img, threshold, min_keep)
     if (top, bottom, left, right) == (0, h, 0, w):
         return img
     return img[top:bottom, left:right]
@@ -396,36 +411,123 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=interp)
 
 
-def fit_geometry(
+def square_placement(
     height: int, width: int, size: int, mode: str = "pad"
 ) -> tuple[int, int, int, int]:
-    """(new height, new width, top, left) of an image placed in the size x size square.
+    """(top, left, rows, cols): where a height x width image lands in the size x size square.
 
-    "pad" scales the longer side to `size` and centres the result on black bars; "squash" fills
-    the square. Saliency maps and EDA statistics use this to find the image inside the padding.
+    "pad" keeps the aspect ratio and centres the image between zero bars; "squash" fills it.
     """
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"data.resize={mode!r} is not one of {RESIZE_MODES}.")
+    if size < 1:
+        raise ConfigError(f"data.image_size={size} must be a positive integer.")
     if mode == "squash":
-        return size, size, 0, 0
+        return 0, 0, size, size
     scale = size / max(height, width)
     nh = min(size, max(1, round(height * scale)))
     nw = min(size, max(1, round(width * scale)))
-    return nh, nw, (size - nh) // 2, (size - nw) // 2
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
 
 
 def fit_to_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     """Make a size x size image: "pad" keeps the aspect ratio (zero bars, centred), "squash"
     stretches. Padding avoids distorting anatomy; squashing uses every pixel for the image."""
-    if mode not in RESIZE_MODES:
-        raise ConfigError(f"data.resize={mode!r} is not one of {RESIZE_MODES}.")
-    if size < 1:
-        raise ConfigError(f"data.image_size={size} must be a positive integer.")
-    nh, nw, top, left = fit_geometry(img.shape[0], img.shape[1], size, mode)
+    top, left, nh, nw = square_placement(img.shape[0], img.shape[1], size, mode)
     resized = _resize(img, nh, nw)
     if mode == "squash":
         return resized
     out = np.zeros((size, size), dtype=img.dtype)
     out[top : top + nh, left : left + nw] = resized
     return out
+
+
+@dataclass(frozen=True)
+class SquareGeometry:
+    """Where the model's size x size square came from in the image as stored.
+
+    ``height`` x ``width`` is the stored image (its header; a JPEG decoded at reduced scale is
+    mapped back to full resolution). ``crop`` = (top, bottom, left, right) is the part kept by
+    the black-border crop, in those pixels; ``placed`` = (top, left, rows, cols) is where that
+    part lands in the square (the rest is padding). Pixel centres sit at integer + 0.5, as in
+    OpenCV's resize, so :meth:`to_image` is the exact inverse of the resize.
+    """
+
+    height: int
+    width: int
+    crop: tuple[float, float, float, float]
+    size: int
+    placed: tuple[int, int, int, int]
+
+    def image_to_square(self) -> np.ndarray:
+        """2x3 affine: image pixel (x, y) -> square pixel coordinates."""
+        top, bottom, left, right = self.crop
+        ptop, pleft, nh, nw = self.placed
+        sx, sy = nw / (right - left), nh / (bottom - top)
+        return np.array(
+            [[sx, 0.0, pleft + (0.5 - left) * sx - 0.5], [0.0, sy, ptop + (0.5 - top) * sy - 0.5]]
+        )
+
+    def to_image(self, square_map: np.ndarray) -> np.ndarray:
+        """A (size, size) float map in the image frame (height, width): resize undone, padding
+        dropped, and zero where the crop removed pixels (the model never saw them)."""
+        src = np.asarray(square_map, dtype=np.float32)
+        if src.shape != (self.size, self.size):
+            raise ValueError(f"map is {src.shape}, expected ({self.size}, {self.size})")
+        # Sample the image part only, edges replicated: the padding never bleeds back in.
+        ptop, pleft, nh, nw = self.placed
+        affine = self.image_to_square() - np.array([[0.0, 0.0, pleft], [0.0, 0.0, ptop]])
+        out = cv2.warpAffine(
+            np.ascontiguousarray(src[ptop : ptop + nh, pleft : pleft + nw]),
+            affine,
+            (self.width, self.height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        return out * self.visible()
+
+    def visible(self) -> np.ndarray:
+        """(height, width) float32 mask of the pixels the model saw (centre inside the crop)."""
+        top, bottom, left, right = self.crop
+        ys = np.arange(self.height) + 0.5
+        xs = np.arange(self.width) + 0.5
+        rows = (ys > top) & (ys < bottom)
+        cols = (xs > left) & (xs < right)
+        return (rows[:, None] & cols[None, :]).astype(np.float32)
+
+    def content(self) -> np.ndarray:
+        """(size, size) float32 mask of the square's image pixels (1) versus padding (0)."""
+        ptop, pleft, nh, nw = self.placed
+        out = np.zeros((self.size, self.size), np.float32)
+        out[ptop : ptop + nh, pleft : pleft + nw] = 1.0
+        return out
+
+
+def load_prepared_geometry(
+    path: Path,
+    image_size: int,
+    resize: str = "pad",
+    crop_border: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, SquareGeometry]:
+    """:func:`load_prepared` and the :class:`SquareGeometry` that maps its square back."""
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"data.resize={resize!r} is not one of {RESIZE_MODES}.")
+    if image_size < 1:
+        raise ConfigError(f"data.image_size={image_size} must be a positive integer.")
+    path = Path(path)
+    data = _read_file(path)
+    _, height, width = image_header(data, path)
+    img = decode_bytes(data, path, max_pixels, min_side=image_size)
+    rows, cols = img.shape
+    top, bottom, left, right = border_box(img) if crop_border else (0, rows, 0, cols)
+    kept = img[top:bottom, left:right]
+    placed = square_placement(kept.shape[0], kept.shape[1], image_size, resize)
+    square = np.ascontiguousarray(fit_to_square(kept, image_size, resize))
+    # A JPEG decoded at 1/2..1/8 scale: crop edges back in the stored image's pixels.
+    fy, fx = height / rows, width / cols
+    crop = (top * fy, bottom * fy, left * fx, right * fx)
+    return square, SquareGeometry(height, width, crop, image_size, placed)
 
 
 def load_prepared(
@@ -440,14 +542,7 @@ def load_prepared(
     Big JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg when that still leaves twice the
     target resolution, which saves most of the decode time on multi-megapixel scans.
     """
-    if resize not in RESIZE_MODES:
-        raise ConfigError(f"data.resize={resize!r} is not one of {RESIZE_MODES}.")
-    if image_size < 1:
-        raise ConfigError(f"data.image_size={image_size} must be a positive integer.")
-    img = _decode(Path(path), max_pixels, min_side=image_size)
-    if crop_border:
-        img = crop_black_border(img)
-    return np.ascontiguousarray(fit_to_square(img, image_size, resize))
+    return load_prepared_geometry(path, image_size, resize, crop_border, max_pixels)[0]
 
 
 def file_info(path: Path, head_bytes: int = 1 << 16) -> dict[str, object]:

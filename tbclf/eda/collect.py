@@ -1,7 +1,7 @@
 """One pass over the images: what each image gives the EDA, and the running totals over all.
 
 Images are decoded with the data package's reader and reduced with its geometry
-(`imageio.fit_geometry`), so the statistics describe exactly the squares a model is fed.
+(`imageio.square_placement`), so the statistics describe exactly the squares a model is fed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tbclf.data.imageio import crop_black_border, file_info, fit_geometry, fit_to_square, read_gray
+from tbclf.data.imageio import (
+    crop_black_border,
+    file_info,
+    fit_to_square,
+    read_gray,
+    square_placement,
+)
 from tbclf.data.records import Record
 from tbclf.eda.stats import IMAGE_METRICS, RunningImageMoments, histogram, intensity_stats
 from tbclf.errors import DataError
@@ -61,7 +67,7 @@ class ImageLoader:
         if self.crop_border:
             full = crop_black_border(full)
         square = fit_to_square(full, self.image_size, self.resize)
-        nh, nw, top, left = fit_geometry(*full.shape, self.image_size, self.resize)
+        top, left, nh, nw = square_placement(*full.shape, self.image_size, self.resize)
         box = (slice(top, top + nh), slice(left, left + nw))  # the image, not the padding
         del full
         out["fit"] = square[box]
