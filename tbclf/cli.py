@@ -340,6 +340,17 @@ def tbclf_cause(error: BaseException) -> TbclfError | None:
     return None
 
 
+def _onnx_model(argv: list[str]) -> bool:
+    """`predict --model X.onnx`: an exported model, not a LightningCLI model class."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--model" and i + 1 < len(argv) else None
+        if arg.startswith("--model="):
+            value = arg.split("=", 1)[1]
+        if value is not None and value.lower().endswith(".onnx"):
+            return True
+    return False
+
+
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of `python -m tbclf` and the `tbclf` script."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -349,6 +360,9 @@ def cli_main(args: list[str] | None = None) -> None:
             return
         if argv[0] in COMMANDS:
             run_command(argv[0], argv[1:])
+            return
+        if argv[0] == "predict" and _onnx_model(argv):
+            run_command("predict_onnx", argv[1:])
             return
         argv = _model_from_checkpoint(argv)
         if args is None:

@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "report": "evaluation report (intervals, ROC/PR, calibration) from a predictions.csv",
     "explain": "Grad-CAM overlays for a folder of images and a checkpoint",
     "saliency": "saliency maps scored against radiologists' boxes (energy, pointing, ROAD)",
+    "export": "a checkpoint as a self-describing ONNX model (optionally also INT8)",
+    "serve": "HTTP API and web page for a .onnx or .ckpt model (127.0.0.1 by default)",
 }
 
 

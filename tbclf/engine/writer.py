@@ -12,12 +12,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from tbclf.engine.predictions import FIELDS, check_output_free, write_predictions
 from tbclf.engine.provenance import model_record
 from tbclf.errors import ConfigError
 from tbclf.evaluation.report import sidecar_path
-from tbclf.io import atomic_write_json, write_csv
+from tbclf.io import atomic_write_json
 
-FIELDS = ["ID", "LABEL", "DECISION"]
+__all__ = ["FIELDS", "PredictionWriter"]
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -53,11 +54,7 @@ class PredictionWriter(BasePredictionWriter):
                 "is the same path with .json)."
             )
         for existing in (path, sidecar_path(path)):
-            if existing.exists() and not self.overwrite:
-                raise ConfigError(
-                    f"{existing} already exists. Pass --writer.overwrite true to replace it, or "
-                    "--writer.output OTHER.csv to keep both."
-                )
+            check_output_free(existing, self.overwrite)
         if trainer.world_size > 1:
             raise ConfigError(
                 "predict writes one CSV from one process: run it with --trainer.devices 1 "
@@ -79,16 +76,7 @@ class PredictionWriter(BasePredictionWriter):
         # A stale sidecar must never describe new rows: gone before the CSV changes, written
         # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
         sidecar.unlink(missing_ok=True)
-        with_truth = any(row[3] is not None for row in rows)
-        write_csv(
-            path,
-            FIELDS + (["TRUE_LABEL"] if with_truth else []),
-            (
-                [ident, f"{prob:.6f}", decision]
-                + (["" if truth is None else truth] if with_truth else [])
-                for ident, prob, decision, truth in rows
-            ),
-        )
+        path = write_predictions(path, rows)
         self.written = path
         if pl_module is None:  # called outside a predict loop: no model to describe
             print(f"wrote {len(rows)} predictions to {path}")

@@ -1,0 +1,245 @@
+"""One small predictor for a `.onnx` or a `.ckpt`: P(TB) and the decision for images.
+
+Images go through the model's own :class:`~tbclf.data.spec.InputSpec` (the training reader and
+the deterministic test-time pipeline), rebuilt from the ONNX metadata for `.onnx` files, so a
+file alone predicts exactly as the checkpoint it came from. No Lightning Trainer is involved.
+
+>>> predictor = load_predictor("runs/mobilenet/version_0/model.onnx")
+>>> predictor.predict_file("xray.png")
+Prediction(prob=0.93..., decision=1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+import tbclf
+from tbclf.data import imageio
+from tbclf.data.imageio import DEFAULT_MAX_PIXELS
+from tbclf.data.spec import InputSpec
+from tbclf.errors import ConfigError
+
+LABELS = {0: "healthy", 1: "TB"}
+MAX_MODEL_BYTES = 1 << 30  # no tbclf model is near this; a bigger file is not one of ours
+
+
+class Prediction(NamedTuple):
+    prob: float
+    decision: int
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.decision]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who the model is, for API answers and logs."""
+
+    name: str
+    version: str
+    format: str
+    architecture: str
+    tbclf_version: str
+    quantization: str = "none"
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """float32 sigmoid, as the training module's predict_step: the threshold was picked on
+    float32 probabilities, so an image exactly at it gets the same decision."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+class Predictor:
+    """Shared part: the spec's pipeline and the threshold rule; subclasses run the network."""
+
+    spec: InputSpec
+    threshold: float
+    info: ModelInfo
+    path: Path
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(B, 1, S, S) float32 in [0, 1] -> (B,) logits."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_file(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """(1, S, S) float32: the model's input for an image file."""
+        return self.spec.prepare(path, max_pixels).numpy()
+
+    def prepare_gray(self, gray: np.ndarray) -> np.ndarray:
+        """(1, S, S) float32 for a decoded uint8 gray image."""
+        return self.spec.prepare_gray(gray).numpy()
+
+    def prepare_bytes(
+        self, data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> np.ndarray:
+        """(1, S, S) float32 for an encoded image held in memory (an upload)."""
+        return self.prepare_gray(imageio.decode_bytes(data, name, max_pixels))
+
+    # ------------------------------------------------------------------ outputs
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        parts = [self.logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return _sigmoid(np.concatenate(parts)) if parts else np.zeros(0)
+
+    def decide(self, prob: float) -> Prediction:
+        return Prediction(float(prob), int(np.float32(prob) >= np.float32(self.threshold)))
+
+    def predict_array(self, image: np.ndarray) -> Prediction:
+        """One prepared (1, S, S) image."""
+        return self.decide(self.probabilities(image[None])[0])
+
+    def predict_file(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prediction:
+        return self.predict_array(self.prepare_file(path, max_pixels))
+
+    def predict_files(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 32,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Prediction]:
+        out: list[Prediction] = []
+        for i in range(0, len(paths), batch_size):
+            batch = np.stack([self.prepare_file(p, max_pixels) for p in paths[i : i + batch_size]])
+            out += [self.decide(p) for p in self.probabilities(batch, batch_size)]
+        return out
+
+
+class OnnxPredictor(Predictor):
+    """ONNX Runtime (CPU); the spec and threshold come from the file's metadata."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from tbclf import export
+
+        self.path = Path(path)
+        proto = _load_onnx(self.path)
+        meta = export.read_metadata(proto)
+        missing = [k for k in (export.META_SPEC, export.META_THRESHOLD) if k not in meta]
+        if missing:
+            raise ConfigError(
+                f"{self.path} is an ONNX model without tbclf metadata ({', '.join(missing)}); "
+                "export it with `python -m tbclf export --ckpt_path best.ckpt`."
+            )
+        try:
+            self.spec = InputSpec.from_dict(json.loads(meta[export.META_SPEC]), where=str(path))
+            self.threshold = float(meta[export.META_THRESHOLD])
+            run = json.loads(meta.get(export.META_RUN) or "{}")
+            model = json.loads(meta.get(export.META_MODEL) or "{}")
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{self.path}: unreadable tbclf metadata ({error}).") from None
+        self.session = export.ort_session(proto.SerializeToString(), threads)
+        self.info = ModelInfo(
+            name=run.get("run") or self.path.stem,
+            version=_file_hash(self.path),
+            format="onnx",
+            architecture=" ".join(str(v) for v in (model.get("class"), model.get("backbone")) if v),
+            tbclf_version=meta.get(export.META_VERSION, "?"),
+            quantization=meta.get(export.META_QUANT, "none"),
+        )
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        from tbclf.export import INPUT_NAME, OUTPUT_NAME
+
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+
+
+def _load_onnx(path: Path):
+    """The ONNX proto; refuses external data (a path that could point outside the folder)."""
+    import onnx
+
+    if not path.is_file():
+        raise ConfigError(f"--model {path}: no such file.")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_MODEL_BYTES} bytes: not a tbclf model.")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - any unparsable file gets the same advice
+        raise ConfigError(
+            f"{path}: not a readable ONNX model ({type(error).__name__}: {error}); export one "
+            "with `python -m tbclf export`."
+        ) from None
+    external = [
+        t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if external:
+        raise ConfigError(
+            f"{path} keeps weights in external files ({', '.join(external[:3])}); tbclf only "
+            "loads self-contained ONNX files it exported itself."
+        )
+    return proto
+
+
+class TorchPredictor(Predictor):
+    """The checkpoint through PyTorch eager (also what /explain's Grad-CAM needs)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from tbclf.engine.rundir import run_dir_of
+        from tbclf.export import model_description
+        from tbclf.models.loading import load_classifier
+
+        self.path = Path(path)
+        self.model = load_classifier(self.path)
+        self.spec = self.model.input_spec
+        self.threshold = float(self.model.threshold)
+        self.explain_lock = threading.Lock()  # Grad-CAM hooks the shared model
+        run_dir = run_dir_of(self.path)
+        model = model_description(self.model)
+        self.info = ModelInfo(
+            name=f"{run_dir.parent.name}/{run_dir.name}" if run_dir else self.path.stem,
+            version=_file_hash(self.path),
+            format="ckpt",
+            architecture=" ".join(str(v) for v in (model["class"], model["backbone"]) if v),
+            tbclf_version=tbclf.__version__,
+        )
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(images)).float().numpy()
+
+    def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grad-CAM overlay (RGB uint8, S x S) and P(TB) for one prepared (1, S, S) image."""
+        from tbclf.explain.gradcam import compute_cams, overlay
+
+        with self.explain_lock:
+            cams, probs = compute_cams(self.model, torch.from_numpy(image[None]))
+        return overlay(image[0], cams[0]), float(probs[0])
+
+
+def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
+    """An :class:`OnnxPredictor` for `.onnx`, a :class:`TorchPredictor` for a checkpoint."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return OnnxPredictor(p, threads)
+    if p.suffix.lower() in (".ckpt", ".pt", ".pth"):
+        return TorchPredictor(p)
+    raise ConfigError(f"--model {p}: expected a .onnx file or a tbclf .ckpt checkpoint.")
+
+
+def describe(predictor: Predictor) -> dict[str, Any]:
+    """Model info plus the threshold and input size."""
+    return {
+        **predictor.info.to_dict(),
+        "threshold": predictor.threshold,
+        "image_size": predictor.spec.image_size,
+    }
