@@ -31,7 +31,7 @@ from tbclf.data.spec import InputSpec
 from tbclf.data.splits import load_split
 from tbclf.engine.rundir import run_dir_of
 from tbclf.errors import ConfigError
-from tbclf.evaluation.bootstrap import auroc
+from tbclf.evaluation.roc import auroc
 from tbclf.io import atomic_write_bytes
 
 OPSET = 18
