@@ -144,3 +144,25 @@ def test_int8_needs_the_run_folder(runs, tmp_path):
     with pytest.raises(ConfigError, match="not in a run folder"):
         run_command("export", ["--ckpt_path", str(ckpt), "--int8", "true"])
     assert (tmp_path / "loose.onnx").exists()  # the fp32 model is still written
+
+
+@pytest.mark.parametrize("size", [56, 64])
+def test_shipped_small_cnn_with_adaptive_pooling_exports_exactly(size):
+    """configs/simple_cnn.yaml pools adaptively to 4x4 (14x14 -> 4x4 at 224: uneven windows),
+    which the exporter cannot trace with a dynamic batch; export fixes the pools' windows."""
+    from tbclf.models import SimpleCNNClassifier
+
+    model = SimpleCNNClassifier(
+        batch_norm=True,
+        dropout=0.3,
+        adaptive_pool=4,
+        image_size=size,
+        channels_last=False,
+        input_spec={"image_size": size},
+    ).eval()
+    session = export.ort_session(export.to_onnx_proto(model).SerializeToString())
+    x = torch.rand(3, 1, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].reshape(-1)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
