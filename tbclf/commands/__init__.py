@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "eda": "explore a data set: mean/std images, contrast, eigen-images, histograms",
     "report": "evaluation report (intervals, ROC/PR, calibration) from a predictions.csv",
     "explain": "Grad-CAM overlays for a folder of images and a checkpoint",
+    "ensemble": "average several checkpoints (optionally with TTA) on a folder of images",
 }
 
 
