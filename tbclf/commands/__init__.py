@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "saliency": "saliency maps scored against radiologists' boxes (energy, pointing, ROAD)",
     "export": "a checkpoint as a self-describing ONNX model (optionally also INT8)",
     "serve": "HTTP API and web page for a .onnx or .ckpt model (127.0.0.1 by default)",
+    "ensemble": "average several checkpoints (optionally with TTA) on a folder of images",
 }
 
 
