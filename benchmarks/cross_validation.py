@@ -78,12 +78,17 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
     out = fold_dir(args.out, args.tag, variant, preprocessing, fold)
     patience = args.patience or config["early_stopping"]["patience"]
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val/auroc", mode="max")
+    callbacks = [checkpoint, EarlyStopping("val/auroc", mode="max", patience=patience)]
+    if args.ema:
+        from tbclf.engine.averaging import EMA
+
+        callbacks.append(EMA(decay=args.ema))
     trainer = pl.Trainer(
         max_epochs=args.epochs or config["trainer"]["max_epochs"],
         accelerator="auto",
         devices=1,
         logger=False,
-        callbacks=[checkpoint, EarlyStopping("val/auroc", mode="max", patience=patience)],
+        callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=False,
@@ -111,12 +116,52 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
         "tag": args.tag,
         "set": args.set,
     }
-    os.remove(checkpoint.best_model_path)  # keep the output folder small
+    row["seconds_train"] = time.perf_counter() - start
+    row["ema"] = args.ema
     outputs = {k: v.tolist() for k, v in model.test_outputs.items()}
+    outputs.update(test_time_levers(checkpoint.best_model_path, data, row))
+    os.remove(checkpoint.best_model_path)  # keep the output folder small
     # Atomic, predictions first: an existing result.json means the fold is finished.
     atomic_write_text(out / "test_predictions.json", json.dumps(outputs))
     atomic_write_text(out / "result.json", json.dumps(row, indent=1))
     return row
+
+
+def test_time_levers(ckpt: str, data, row: dict) -> dict:
+    """TTA and temperature scaling on the fold's best model (no retraining): fills `row` with
+    their test AUROC, sens./spec. at a validation-chosen threshold, Brier, ECE and NLL, and
+    returns the TTA test probabilities (ordered like the test predictions)."""
+    from tbclf.engine.scoring import score_loader
+    from tbclf.evaluation import calibration as cal
+    from tbclf.evaluation.roc import auroc
+    from tbclf.evaluation.threshold import pick_threshold, sensitivity_specificity
+    from tbclf.models.loading import load_classifier
+
+    model = load_classifier(ckpt)
+    val, test = data.val_dataloader(), data.test_dataloader()
+    extra = {}
+    for name, tta in (("", False), ("_tta", True)):
+        v, t = score_loader(model, val, tta), score_loader(model, test, tta)
+        thr = pick_threshold(v["prob"], v["label"], model.threshold_strategy,
+                             model.target_sensitivity)  # fmt: skip
+        sens, spec = sensitivity_specificity(t["prob"], t["label"], thr)
+        temp = cal.fit_temperature(v["logit"], v["label"])
+        calibrated = cal.apply_temperature(t["logit"], temp)
+        row.update({
+            f"score{name}_test_auroc": auroc(t["prob"].tolist(), t["label"].tolist()),
+            f"score{name}_test_sensitivity": float(sens),
+            f"score{name}_test_specificity": float(spec),
+            f"score{name}_temperature": temp,
+            f"score{name}_brier": cal.brier(t["prob"], t["label"]),
+            f"score{name}_brier_cal": cal.brier(calibrated, t["label"]),
+            f"score{name}_ece": cal.ece(t["prob"], t["label"]),
+            f"score{name}_ece_cal": cal.ece(calibrated, t["label"]),
+            f"score{name}_nll": cal.nll(t["logit"], t["label"]),
+            f"score{name}_nll_cal": cal.nll(t["logit"], t["label"], temp),
+        })  # fmt: skip
+        extra[f"prob{name}_scored"] = t["prob"].tolist()
+        extra[f"id{name}_scored"] = t["id"].tolist()
+    return extra
 
 
 def fold_dir(out: str, tag: str, variant: str, preprocessing: str, fold: int) -> Path:
@@ -158,7 +203,7 @@ def subset(probs: list, labels: list, sources: list, source: str) -> tuple[list,
 
 def table(rows: list[dict]) -> str:
     """Fold AUROC mean and spread per variant, pooled AUROC, then pooled AUROC per source."""
-    from tbclf.evaluation.bootstrap import auroc
+    from tbclf.evaluation.roc import auroc
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -229,6 +274,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
     parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--ema", type=float, default=None, help="EMA weight averaging with this decay per step"
+    )
     parser.add_argument(
         "--set",
         nargs="+",

@@ -26,7 +26,8 @@ from tbclf.data.datamodule import TBDataModule
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.report_callback import ReportCallback
-from tbclf.engine.rundir import find_checkpoint, run_dir_of
+from tbclf.engine.rng_state import RNGStateCallback
+from tbclf.engine.rundir import discard_failed, find_checkpoint, run_dir_of, stage_version
 from tbclf.engine.writer import PredictionWriter
 from tbclf.errors import ConfigError, TbclfError
 from tbclf.models.loading import (
@@ -116,7 +117,7 @@ class TBCLI(LightningCLI):
                 raise ConfigError(f"--ckpt_path {ckpt}: no such file.")
             run_dir = run_dir_of(ckpt)
             if run_dir is not None:
-                _set_logger_location(cfg, run_dir)
+                _set_logger_location(cfg, run_dir, subcommand)
 
     def _parse_ckpt_path(self) -> None:
         """The model's hyperparameters (its input spec included) from the checkpoint.
@@ -166,7 +167,7 @@ class TBCLI(LightningCLI):
         for key, value in spec.pixel_options().items():
             if key in data:
                 data[key] = value
-        if self.subcommand in ("validate", "test"):
+        if self.subcommand in ("validate", "test", "fit"):  # fit: a resumed run
             _use_run_split(data, user, ckpt)
 
     def before_instantiate_classes(self) -> None:
@@ -195,6 +196,15 @@ class TBCLI(LightningCLI):
                 "overwrite": True,
             }
         self._predict_dir = run_dir_of(ckpt) if self.subcommand == "predict" and ckpt else None
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as error:  # jsonargparse wraps errors raised in __init__
+            cause = tbclf_cause(error)
+            if cause is None:
+                raise
+            raise cause from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -239,8 +249,9 @@ def _init_args(logger: Any) -> Any:
     return logger.get("init_args", {}) or {}
 
 
-def _set_logger_location(cfg: Any, run_dir: Path) -> None:
-    """Point the run's logger at the checkpoint's own folder (resume, test and predict)."""
+def _set_logger_location(cfg: Any, run_dir: Path, subcommand: str) -> None:
+    """Point the logger at the checkpoint's run folder: the run itself for a resumed fit, a
+    fresh `<stage>-<time>` folder inside it for validate, test and predict."""
     logger = cfg.trainer.get("logger")
     if logger is None or isinstance(logger, bool) or isinstance(logger, list):
         return
@@ -250,11 +261,15 @@ def _set_logger_location(cfg: Any, run_dir: Path) -> None:
     init = logger.init_args
     init.save_dir = str(run_dir.parent.parent)
     init.name = run_dir.parent.name
-    init.version = int(run_dir.name.split("_", 1)[1])
+    init.version = (
+        int(run_dir.name.split("_", 1)[1])
+        if subcommand == "fit"
+        else stage_version(run_dir, subcommand)
+    )
 
 
 def _use_run_split(data: Any, user: dict[str, Any], ckpt: str) -> None:
-    """validate/test score the run's own split: its split.json, unless the user names one.
+    """validate, test and a resumed fit use the run's own split.json, unless the user names one.
 
     A split option set to another value than the run's (``--data.seed 7``) would score the
     model on images it trained on, so it stops with an error that says why.
@@ -313,6 +328,18 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
     return [*argv, "--model", f"{cls.__module__}.{cls.__qualname__}"]
 
 
+def tbclf_cause(error: BaseException) -> TbclfError | None:
+    """The TbclfError behind an exception that a library wrapped around it, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TbclfError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _onnx_model(argv: list[str]) -> bool:
     """`predict --model X.onnx`: an exported model, not a LightningCLI model class."""
     for i, arg in enumerate(argv):
@@ -352,20 +379,27 @@ def cli_main(args: list[str] | None = None) -> None:
                     last_checkpoint(),
                     ReportCallback(),
                     LearningRateMonitor(logging_interval="epoch"),
+                    RNGStateCallback(),
                 ]
             },
             parser_kwargs={"prog": PROG, "description": usage(), "env_prefix": "TBCLF"},
             args=None if args is None else argv,
         )
-    except TbclfError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        print(
-            f"error: {error}. Free some space (or point the output elsewhere) and rerun; "
-            "files written before stay valid.",
-            file=sys.stderr,
-        )
-        raise SystemExit(2) from None
+    except Exception as error:
+        discard_failed(error)
+        cause = tbclf_cause(error)
+        if cause is not None:
+            print(f"error: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            print(
+                f"error: {error}. Free some space (or point the output elsewhere) and rerun; "
+                "files written before stay valid.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+        raise
+    except BaseException as error:  # SystemExit from a refused argument, KeyboardInterrupt
+        if not (isinstance(error, SystemExit) and error.code in (0, None)):
+            discard_failed(error)
+        raise

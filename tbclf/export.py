@@ -32,7 +32,7 @@ from tbclf.data.spec import InputSpec
 from tbclf.data.splits import load_split
 from tbclf.engine.rundir import run_dir_of
 from tbclf.errors import ConfigError
-from tbclf.evaluation.bootstrap import auroc
+from tbclf.evaluation.roc import auroc
 from tbclf.io import atomic_write_bytes
 
 OPSET = 18
@@ -129,55 +129,58 @@ def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-class FixedAdaptiveAvgPool2d(torch.nn.Module):
-    """AdaptiveAvgPool2d for one known input size, as two averaging matrices.
+class FixedAdaptiveAvgPool(torch.nn.Module):
+    """AdaptiveAvgPool2d for one known input size, as two averaging matrix products.
 
     The TorchScript exporter cannot export adaptive pooling once the batch axis is dynamic
-    (it loses the spatial size); the model's input size is fixed by its spec, so the bins
-    (PyTorch's floor/ceil rule) are fixed too and ``P_h @ x @ P_w^T`` computes the same values.
+    ("input size not accessible"); for a fixed input size the same windows (PyTorch's
+    floor/ceil rule) are a constant matrix on each axis, exact and exportable.
     """
 
-    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         super().__init__()
-        self.register_buffer("rows", self._matrix(in_size[0], out_size[0]))
-        self.register_buffer("cols", self._matrix(in_size[1], out_size[1]).T.contiguous())
+        self.register_buffer("rows", self._matrix(in_hw[0], out_hw[0]))
+        self.register_buffer("cols", self._matrix(in_hw[1], out_hw[1]))
 
     @staticmethod
     def _matrix(n_in: int, n_out: int) -> torch.Tensor:
         m = torch.zeros(n_out, n_in)
         for i in range(n_out):
-            start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            start = (i * n_in) // n_out
+            end = -((-(i + 1) * n_in) // n_out)
             m[i, start:end] = 1.0 / (end - start)
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(self.rows, x), self.cols)
+        return torch.matmul(torch.matmul(self.rows, x), self.cols.t())
 
 
-def _static_pools(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """A copy of `model` with every AdaptiveAvgPool2d fixed to the size it sees."""
-    pools = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+def _static_adaptive_pools(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """A copy of `model` whose AdaptiveAvgPool2d layers are fixed for `example`'s size."""
+    pools = {
+        name: m for name, m in model.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)
+    }
     if not pools:
         return model
     sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
     hooks = [
         m.register_forward_hook(
-            lambda mod, args, out, name=n: sizes.__setitem__(
-                name, (tuple(args[0].shape[-2:]), tuple(out.shape[-2:]))
+            lambda mod, inp, out, name=name: sizes.__setitem__(
+                name, (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
             )
         )
-        for n, m in pools
+        for name, m in pools.items()
     ]
     with torch.no_grad():
         model(example)
     for hook in hooks:
         hook.remove()
-    model = copy.deepcopy(model)
-    for name, _ in pools:
+    fixed = copy.deepcopy(model)
+    for name, (in_hw, out_hw) in sizes.items():
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, FixedAdaptiveAvgPool2d(*sizes[name]))
-    return model
+        parent = fixed.get_submodule(parent_name) if parent_name else fixed
+        setattr(parent, child, FixedAdaptiveAvgPool(in_hw, out_hw))
+    return fixed.eval()
 
 
 def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET) -> onnx.ModelProto:
@@ -185,7 +188,7 @@ def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET) -> onnx.ModelProto
     model = model.to("cpu", torch.float32).eval()
     size = model.input_spec.image_size
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
-    model = _static_pools(model, example)
+    model = _static_adaptive_pools(model, example)
     with tempfile.TemporaryDirectory(prefix="tbclf-export-") as tmp:
         out = Path(tmp) / "model.onnx"
         with warnings.catch_warnings():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -247,19 +248,38 @@ def test_empty_predict_folder(cnn_run: Path, workspace: Path, tmp_path: Path) ->
     assert str(empty) in proc.stderr
 
 
+def _probe_env() -> dict[str, str]:
+    """PYTHONPATH with tests/ first, so every DDP rank can import tests/ddp_probe.py."""
+    tests = str(Path(__file__).resolve().parent)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+
+
+def _probes(folder: Path, fn: str) -> list[dict]:
+    found = [json.loads((folder / f"{fn}-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(p["world_size"] == 2 for p in found)
+    return found
+
+
 def test_ddp_two_cpu_processes(workspace: Path, tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    callback = json.dumps({"class_path": "ddp_probe.DDPProbe", "init_args": {"out": str(probe)}})
+    # 11 validation and 11 test images: DistributedSampler pads each with one repeat.
+    ddp = [
+        "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--data.val_fraction", "0.23", "--data.test_fraction", "0.23",
+    ]  # fmt: skip
     proc = run_cli(
         [
             "fit",
             "--config",
             str(CONFIGS / "simple_cnn.yaml"),
             *small_run_args(workspace / "data", epochs=2),
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.devices",
-            "2",
+            *ddp,
+            "--trainer.callbacks+",
+            callback,
         ],
         cwd=tmp_path,
+        env=_probe_env(),
     )
     _ok(proc)
     runs = tmp_path / "runs" / "simple_cnn"
@@ -272,3 +292,46 @@ def test_ddp_two_cpu_processes(workspace: Path, tmp_path: Path) -> None:
     split = json.loads((runs / "version_0" / "split.json").read_text())
     n_train = len(split["splits"]["train"])
     assert last["global_step"] == 2 * math.ceil(math.ceil(n_train / 2) / 8)
+
+    # Validation: both ranks hold the whole validation set, each image exactly once, although
+    # the sampler padded an odd-sized set with a repeat.
+    val_ids = sorted(str(Path(p).with_suffix("")) for p in split["splits"]["val"])
+    assert len(val_ids) % 2 == 1, "the test needs an odd validation set to see the padding"
+    fit = _probes(tmp_path / "probe", "fit")
+    for rank in fit:
+        assert len(rank["val"]) == 2
+        for epoch in rank["val"]:
+            assert len(epoch) == len(set(epoch)) and sorted(epoch) == val_ids
+    # The two ranks draw different augmentation streams (same image, same point in training).
+    assert fit[0]["augmented"] != fit[1]["augmented"]
+    # Each rank's random state is in the checkpoint, for an exact resume on two processes.
+    assert len(last["callbacks"]["RNGStateCallback"]["ranks"]) == 2
+
+    # test under DDP finishes (it crashed after the test loop) and writes the report, with
+    # every test image exactly once.
+    proc = run_cli(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "simple_cnn.yaml"),
+            *small_run_args(workspace / "data"),
+            *ddp,
+            "--ckpt_path",
+            str(runs / "version_0" / "checkpoints" / "best.ckpt"),
+            "--trainer.callbacks+",
+            callback,
+        ],
+        cwd=tmp_path,
+        env=_probe_env(),
+        timeout=300,
+    )
+    _ok(proc)
+    test_ids = sorted(str(Path(p).with_suffix("")) for p in split["splits"]["test"])
+    assert len(test_ids) % 2 == 1
+    for rank in _probes(tmp_path / "probe", "test"):
+        (epoch,) = rank["test"]
+        assert len(epoch) == len(set(epoch)) and sorted(epoch) == test_ids
+    (metrics_json,) = (runs / "version_0").glob("**/report/metrics.json")  # one report
+    report = metrics_json.parent
+    assert json.loads((report / "metrics.json").read_text())["n"] == len(test_ids)
+    assert sorted(r["ID"] for r in _read_csv(report / "predictions.csv")) == test_ids

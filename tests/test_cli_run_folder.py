@@ -36,6 +36,10 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     return base, base / "runs" / "simple_cnn" / "version_0"
 
 
+def _latest_stage(run_dir: Path, stage: str = "test") -> Path:
+    return sorted(run_dir.glob(f"{stage}-*"), key=lambda p: p.stat().st_mtime_ns)[-1]
+
+
 def _test(base: Path, run_dir: Path, *extra: str):
     return run_cli(
         [
@@ -54,10 +58,11 @@ def _test(base: Path, run_dir: Path, *extra: str):
 def test_test_scores_the_runs_own_split(run) -> None:
     base, run_dir = run
     _ok(_test(base, run_dir))
+    stage = _latest_stage(run_dir)
     trained = json.loads((run_dir / "split.json").read_text())["splits"]
-    tested = json.loads((run_dir / "split.test.json").read_text())["splits"]
+    tested = json.loads((stage / "split.test.json").read_text())["splits"]
     assert tested == trained
-    config = yaml.safe_load((run_dir / "config.test.yaml").read_text())
+    config = yaml.safe_load((stage / "config.test.yaml").read_text())
     assert config["data"]["split_file"] == str(run_dir / "split.json")
 
 
@@ -74,14 +79,15 @@ def test_another_seed_at_test_time_is_refused(run) -> None:
 def test_pixel_options_at_test_time_follow_the_model(run) -> None:
     base, run_dir = run
     _ok(_test(base, run_dir))
-    plain = json.loads((run_dir / "report" / "metrics.json").read_text())
+    plain = json.loads((_latest_stage(run_dir) / "report" / "metrics.json").read_text())
     proc = _test(base, run_dir, "--data.image_size", "64", "--data.preprocessing", "none")
     _ok(proc)
+    stage = _latest_stage(run_dir)
     assert "data.image_size=64 differs from the model's 48" in proc.stderr
     assert "data.preprocessing='none' differs from the model's 'clahe'" in proc.stderr
-    config = yaml.safe_load((run_dir / "config.test.yaml").read_text())
+    config = yaml.safe_load((stage / "config.test.yaml").read_text())
     assert (config["data"]["image_size"], config["data"]["preprocessing"]) == (48, "clahe")
-    changed = json.loads((run_dir / "report" / "metrics.json").read_text())
+    changed = json.loads((stage / "report" / "metrics.json").read_text())
     assert changed["metrics"] == plain["metrics"]
 
 
@@ -99,7 +105,9 @@ def test_predict_follows_the_model_whatever_the_options(run, tmp_path: Path) -> 
         "--data.cache_dir",
         str(tmp_path / "cache"),
     ]
-    _ok(run_cli([*common, "--writer.output", str(tmp_path / "a.csv")], cwd=base))
+    plain = run_cli([*common, "--writer.output", str(tmp_path / "a.csv")], cwd=base)
+    _ok(plain)
+    assert "differs from the model" not in plain.stderr, "warn only about options the user set"
     proc = run_cli(
         [
             *common,
@@ -123,6 +131,18 @@ def test_predict_follows_the_model_whatever_the_options(run, tmp_path: Path) -> 
         with torch.no_grad():
             prob = torch.sigmoid(model(image[None])).item()
         assert prob == pytest.approx(float(row["LABEL"]), abs=1e-5)
+
+
+def test_later_stages_keep_their_logs_apart(run) -> None:
+    base, run_dir = run
+    _ok(_test(base, run_dir))
+    _ok(_test(base, run_dir))
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1, "one training curve per run"
+    stages = sorted(run_dir.glob("test-*"))
+    assert len(stages) >= 2
+    for stage in stages:
+        assert list(stage.glob("events.out.tfevents.*"))
+        assert (stage / "report" / "report.md").is_file()
 
 
 def test_a_crafted_checkpoint_never_runs_code(run, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def data(tmp_path: Path) -> dict[str, int | None]:
 
 
 def check_batch(batch: dict, batch_size: int | None = None) -> None:
-    assert set(batch) == {"image", "label", "id", "source"}
+    assert set(batch) == {"image", "label", "id", "source", "view", "index"}
     image, label = batch["image"], batch["label"]
     n = image.shape[0]
     if batch_size is not None:
@@ -57,7 +57,7 @@ def check_batch(batch: dict, batch_size: int | None = None) -> None:
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     assert label.shape == (n,) and label.dtype == torch.float32
     assert isinstance(batch["id"], list) and len(batch["id"]) == n
-    assert all(isinstance(x, str) for x in batch["id"] + batch["source"])
+    assert all(isinstance(x, str) for x in batch["id"] + batch["source"] + batch["view"])
 
 
 def test_batches_follow_the_contract(tmp_path: Path, data) -> None:
@@ -108,7 +108,8 @@ def test_every_option_is_a_hyperparameter(tmp_path: Path) -> None:
         "root", "layout", "preprocessing", "clahe_clip_limit", "clahe_tile_grid", "image_size",
         "resize", "crop_border", "batch_size", "num_workers", "seed", "val_fraction",
         "test_fraction", "num_folds", "fold", "split_file", "cache_dir", "predict_root",
-        "download", "skip_bad_images", "hflip", "max_pixels",
+        "download", "skip_bad_images", "hflip", "max_pixels", "keep_lateral", "group_by",
+        "near_duplicates",
     }  # fmt: skip
     assert set(dm.hparams) == expected
 

@@ -21,6 +21,7 @@ from tbclf.data.download import (
     ensure_nlm_data,
     extract_archive,
 )
+from tbclf.data.download_manifest import MANIFEST_NAME, DownloadManifest
 from tbclf.data.layouts import discover
 from tbclf.errors import ConfigError, DataError
 
@@ -312,3 +313,146 @@ def test_archive_without_scans(tmp_path: Path, server: FileServer) -> None:
 def test_unknown_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Unknown NLM source"):
         ensure_nlm_data(tmp_path, sources=["kaggle"])
+
+
+# ------------------------------------------------------------------ download manifest
+
+
+def _manifest(root: Path) -> dict:
+    import json
+
+    return json.loads((root / MANIFEST_NAME).read_text())
+
+
+def test_first_download_is_recorded_and_later_ones_must_match(
+    tmp_path: Path, server: FileServer
+) -> None:
+    archive = NLM_ARCHIVES["montgomery"]
+    first = nlm_zip(tmp_path, "montgomery")
+    server.files[f"/{archive.filename}"] = first
+    root = tmp_path / "data"
+    ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    entry = _manifest(root)["archives"][archive.filename]
+    assert entry["size"] == len(first)
+    assert entry["sha256"] == hashlib.sha256(first).hexdigest()
+    assert entry["url"] == f"{server.url}/{archive.filename}"
+
+    # The scans are deleted and the mirror now serves another archive: refused, named.
+    for png in (root / archive.image_dir).iterdir():
+        png.unlink()
+    other = nlm_zip(tmp_path / "other", "montgomery", n_per_class=3)
+    server.files[f"/{archive.filename}"] = other
+    with pytest.raises(DataError) as err:
+        ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    msg = str(err.value)
+    assert archive.filename in msg and str(root.absolute() / MANIFEST_NAME) in msg
+    assert hashlib.sha256(other).hexdigest() in msg and entry["sha256"] in msg
+    assert "remove the 'NLM-MontgomeryCXRSet.zip' entry" in msg
+    assert not list((root / ".downloads").glob("*.zip*"))  # nothing unverified is kept
+    assert not list((root / archive.image_dir).iterdir())  # nor extracted
+    assert _manifest(root)["archives"][archive.filename] == entry  # never overwritten
+
+    # The same bytes again: verified against the record and extracted.
+    server.files[f"/{archive.filename}"] = first
+    ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    assert len(discover(root)) == 4
+
+
+def test_truncated_re_download_is_refused_against_the_record(
+    tmp_path: Path, server: FileServer
+) -> None:
+    archive = NLM_ARCHIVES["montgomery"]
+    data = nlm_zip(tmp_path, "montgomery")
+    root = tmp_path / "data"
+    (root).mkdir()
+    manifest = DownloadManifest(root)
+    (tmp_path / "first.zip").write_bytes(data)
+    manifest.record(archive.filename, tmp_path / "first.zip", "http://mirror/first")
+    # The server's copy is cut short but says so consistently (a bad mirror, not a hang-up).
+    server.files[f"/{archive.filename}"] = data[:-100]
+    with pytest.raises(DataError) as err:
+        ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    msg = str(err.value)
+    assert f"{len(data) - 100} bytes (expected {len(data)})" in msg
+    assert hashlib.sha256(data[:-100]).hexdigest() in msg and "http://mirror/first" in msg
+
+
+def test_existing_archive_is_verified_against_the_record(
+    tmp_path: Path, server: FileServer
+) -> None:
+    archive = NLM_ARCHIVES["montgomery"]
+    data = nlm_zip(tmp_path, "montgomery")
+    server.files[f"/{archive.filename}"] = data
+    root = tmp_path / "data"
+    ensure_nlm_data(
+        root, sources=["montgomery"], base_urls=server.url, progress=False, keep_archives=True
+    )
+    kept = root / ".downloads" / archive.filename
+    assert kept.read_bytes() == data
+    # The kept archive changes on disk (same size) and the scans are gone: refused, kept.
+    for png in (root / archive.image_dir).iterdir():
+        png.unlink()
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 0xFF
+    kept.write_bytes(bytes(changed))
+    n = len(server.requests)
+    with pytest.raises(DataError) as err:
+        ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    msg = str(err.value)
+    assert str(kept) in msg and "already on disk" in msg and "Delete it and retry" in msg
+    assert hashlib.sha256(changed).hexdigest() in msg and hashlib.sha256(data).hexdigest() in msg
+    assert kept.read_bytes() == bytes(changed), "a file on disk is never replaced silently"
+    assert len(server.requests) == n
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '{"format": 1}',
+        '{"format": 1, "archives": {"a.zip": {"size": "12", "sha256": "00"}}}',
+        '{"format": 99, "archives": {}}',
+    ],
+)
+def test_bad_manifest_names_itself(tmp_path: Path, text: str) -> None:
+    (tmp_path / MANIFEST_NAME).write_text(text)
+    with pytest.raises(DataError, match=r"\.tbclf-download-manifest\.json.*delete it"):
+        ensure_nlm_data(tmp_path, sources=["montgomery"], base_urls=["http://127.0.0.1:9/"])
+
+
+# ------------------------------------------------------------------ one process downloads
+
+
+def test_only_prepare_data_downloads_under_a_trainer(tmp_path: Path, monkeypatch) -> None:
+    """Lightning runs prepare_data once per machine; setup() on every DDP rank never fetches."""
+    from types import SimpleNamespace
+
+    from imaging import make_dataset
+
+    import tbclf.data.download as download
+    from tbclf.data.datamodule import TBDataModule
+
+    calls: list[Path] = []
+
+    def fake_download(root, *args, **kwargs):
+        calls.append(Path(root))
+        make_dataset(root, "nlm", n_per_class=10, size=40)
+        return []
+
+    monkeypatch.setattr(download, "ensure_nlm_data", fake_download)
+    root = tmp_path / "nlm"
+
+    def datamodule() -> TBDataModule:
+        dm = TBDataModule(root=root, download=True, image_size=32, num_workers=0,
+                          cache_dir=tmp_path / "cache")  # fmt: skip
+        dm.trainer = SimpleNamespace(logger=None, global_rank=1, lightning_module=None)
+        return dm
+
+    with pytest.raises(DataError, match="data.root"):
+        datamodule().setup("fit")  # a rank whose prepare_data did not fetch: no download
+    assert calls == []
+    datamodule().prepare_data()
+    assert calls == [root]
+    datamodule().prepare_data()  # images there: nothing fetched again
+    datamodule().setup("fit")
+    assert calls == [root]

@@ -356,3 +356,137 @@ def test_load_prepared_pipeline(tmp_path: Path) -> None:
     assert (squashed == 200).all()
     with pytest.raises(ConfigError, match="data.resize"):
         load_prepared(tmp_path / "a.png", 50, resize="bogus")
+
+
+# ------------------------------------------------------------------ TIFF, BMP, WebP
+
+
+def _encode(path: Path, img: np.ndarray, params: list[int] | None = None) -> Path:
+    ok, buf = cv2.imencode(path.suffix, img, params or [])
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("ext", [".tif", ".tiff"])
+def test_tiff_8_and_16_bit(tmp_path: Path, ext: str) -> None:
+    from tbclf.data.imageio import file_info
+
+    img8 = make_array((30, 40), np.uint8, seed=1)
+    img12 = make_array((30, 40), np.uint16, bit_depth=12, seed=2)
+    assert np.array_equal(read_gray(_encode(tmp_path / f"a{ext}", img8)), img8)
+    path16 = _encode(tmp_path / f"b{ext}", img12)
+    assert np.array_equal(read_gray(path16), scaled(img12, 12))
+    info = file_info(path16)
+    assert (info["format"], info["height"], info["width"], info["bit_depth"]) == (
+        "tiff",
+        30,
+        40,
+        16,
+    )
+    with pytest.raises(DataError, match="40x30 = 1200 pixels"):
+        read_gray(path16, max_pixels=1000)
+
+
+def test_bmp_and_lossless_webp(tmp_path: Path) -> None:
+    from tbclf.data.imageio import file_info, image_header
+
+    img = make_array((30, 40), np.uint8, seed=3)
+    bmp = _encode(tmp_path / "a.bmp", img)
+    webp = _encode(tmp_path / "a.webp", img, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    rgb = _encode(tmp_path / "c.bmp", make_array((30, 40), np.uint8, channels=3, seed=3))
+    for path in (bmp, webp, rgb):
+        data = path.read_bytes()
+        assert image_header(data, path)[1:] == (30, 40)
+        assert np.array_equal(read_gray(path), img), path.name
+        assert file_info(path)["format"] == path.suffix[1:]
+    lossy = _encode(tmp_path / "b.webp", img, [cv2.IMWRITE_WEBP_QUALITY, 90])
+    assert np.abs(read_gray(lossy).astype(int) - img).mean() < 8
+
+
+def test_format_is_told_by_content_not_name(tmp_path: Path) -> None:
+    img = make_array((20, 24), np.uint8, seed=4)
+    misnamed = tmp_path / "scan.png"
+    misnamed.write_bytes(_encode(tmp_path / "x.bmp", img).read_bytes())
+    assert np.array_equal(read_gray(misnamed), img)
+
+
+# ------------------------------------------------------------------ PNG sBIT
+
+
+def _with_sbit(data: bytes, bits: int) -> bytes:
+    """The PNG with an sBIT chunk inserted after IHDR (as scanner software writes it)."""
+    body = bytes([bits])
+    chunk = struct.pack(">I", 1) + b"sBIT" + body
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + body) & 0xFFFFFFFF)
+    end_ihdr = 8 + 12 + 13
+    return data[:end_ihdr] + chunk + data[end_ihdr:]
+
+
+def test_png_sbit_gives_one_brightness_to_images_of_one_scanner(tmp_path: Path) -> None:
+    """Peaks of 4095 and 4096 guess 12 and 13 bits; sBIT=14 scales both the same."""
+    from tbclf.data.imageio import file_info, png_significant_bits
+
+    base = make_array((32, 32), np.uint16, bit_depth=12, seed=5)
+    a, b = base.copy(), base.copy()
+    a[0, 1], b[0, 1] = 4095, 4096
+    guessed = [read_gray(_encode(tmp_path / f"{n}.png", img)) for n, img in (("a", a), ("b", b))]
+    assert guessed[0][5, 5] != guessed[1][5, 5]  # the old behaviour this replaces
+    reads = []
+    for name, img in (("sa", a), ("sb", b)):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(_with_sbit(_encode(tmp_path / "t.png", img).read_bytes(), 14))
+        assert png_significant_bits(path.read_bytes()) == 14
+        assert file_info(path)["bit_depth"] == 14
+        reads.append(read_gray(path))
+    mask = np.ones_like(base, dtype=bool)
+    mask[0, 1] = False
+    assert np.array_equal(reads[0][mask], reads[1][mask])
+    assert np.array_equal(reads[0], scaled(a, 14))
+
+
+def test_png_sbit_with_values_scaled_to_full_range_is_not_clipped(tmp_path: Path) -> None:
+    """PNG's spec scales values to 16 bits even with sBIT=12: then the values rule."""
+    img = make_array((16, 16), np.uint16, bit_depth=16, seed=6)
+    path = tmp_path / "full.png"
+    path.write_bytes(_with_sbit(_encode(tmp_path / "t.png", img).read_bytes(), 12))
+    assert np.array_equal(read_gray(path), scaled(img, 16))
+
+
+# ------------------------------------------------------------------ JPEG EXIF orientation
+
+
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    if not payload.startswith(b"Exif\x00\x00"):
+        payload = b"Exif\x00\x00" + payload
+    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation_is_honoured_like_pil(tmp_path: Path, orientation: int) -> None:
+    from PIL import Image, ImageOps
+
+    img = make_array((24, 40), np.uint8, seed=7)
+    plain = _encode(tmp_path / "p.jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    stored = read_gray(plain)
+    path = tmp_path / "o.jpg"
+    path.write_bytes(_with_orientation(plain.read_bytes(), orientation))
+    pil = Image.open(path)
+    assert pil.getexif().get(0x0112) == orientation
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)  # fmt: skip
+    upright = Image.fromarray(stored)
+    expected = np.asarray(upright if method is None else upright.transpose(method))
+    # PIL's own exif_transpose agrees on the geometry.
+    assert np.asarray(ImageOps.exif_transpose(pil)).shape[:2] == expected.shape
+    assert np.array_equal(read_gray(path), expected)
+    big = load_prepared(path, 16, resize="squash", crop_border=False)
+    assert big.shape == (16, 16)

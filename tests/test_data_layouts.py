@@ -386,3 +386,57 @@ def test_devset_discovery() -> None:
     for record in first_per_source.values():  # PNG and JPEG, 8-bit RGB 512x512
         img = read_gray(record.path)
         assert img.shape == (512, 512) and img.dtype == np.uint8 and img.std() > 10
+
+
+# ------------------------------------------------------------------ formats found by content
+
+
+def test_unread_files_are_counted_and_listed_in_one_warning(tmp_path: Path) -> None:
+    expected = make_dataset(tmp_path, "folders", n_per_class=2)
+    (tmp_path / "tb" / "scan.gif").write_bytes(b"GIF89a" + b"\x00" * 200)
+    (tmp_path / "healthy" / "IM0007").write_bytes(b"\x00" * 300)  # no magic: not DICOM
+    (tmp_path / "healthy" / "notes.txt").write_text("companion files are not listed")
+    with pytest.warns(UserWarning) as caught:
+        assert as_dict(discover(tmp_path)) == expected
+    texts = [str(w.message) for w in caught]
+    (unread,) = [t for t in texts if "not images tbclf reads" in t]
+    assert unread.startswith("2 file(s)") and "scan.gif" in unread and "IM0007" in unread
+    assert "notes.txt" not in unread
+
+
+def test_other_formats_and_extensionless_files_are_found(tmp_path: Path) -> None:
+    import cv2
+    from dicoms import write_dicom
+
+    img = np.full((16, 16), 77, np.uint8)
+    for name in ("a.tif", "b.bmp", "c.webp"):
+        ok, buf = cv2.imencode(os.path.splitext(name)[1], img)
+        (tmp_path / "tb").mkdir(exist_ok=True)
+        (tmp_path / "tb" / name).write_bytes(buf.tobytes())
+    write_dicom(tmp_path / "healthy" / "0001", img)
+    make_png(tmp_path / "healthy" / "untitled.png", (16, 16))
+    (tmp_path / "healthy" / "untitled.png").rename(tmp_path / "healthy" / "untitled")
+    records = discover(tmp_path)
+    assert as_dict(records) == {
+        "healthy/0001": 0, "healthy/untitled": 0, "tb/a": 1, "tb/b": 1, "tb/c": 1,
+    }  # fmt: skip
+    for r in records:
+        assert read_gray(r.path).shape == (16, 16)
+
+
+def test_folder_of_dicoms_matching_no_layout_is_not_called_empty(tmp_path: Path) -> None:
+    from dicoms import write_dicom
+
+    write_dicom(tmp_path / "export" / "IM1", np.zeros((8, 8), np.uint8))
+    with pytest.warns(UserWarning, match="export/IM1"), pytest.raises(DataError) as err:
+        discover(tmp_path)
+    assert "1 image file(s) were found but matched none" in str(err.value)
+    assert [r.id for r in discover_predict(tmp_path)] == ["IM1"]
+
+
+def test_no_images_message_names_the_formats(tmp_path: Path) -> None:
+    (tmp_path / "a.gif").write_bytes(b"GIF89a")
+    with pytest.warns(UserWarning, match="a.gif"), pytest.raises(DataError) as err:
+        discover(tmp_path)
+    assert "PNG, JPEG, TIFF, BMP, WebP or DICOM" in str(err.value)
+    assert "1 other file(s) were not images" in str(err.value)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from imaging import make_png, write_image
 
+from tbclf.data.imageio import file_info
 from tbclf.eda.stats import (
     RunningImageMoments,
-    file_format,
     histogram,
     intensity_stats,
     pca,
@@ -85,12 +85,12 @@ def test_pca_recovers_planted_components():
     np.testing.assert_allclose(res["mean"], stack.mean(axis=0))
 
 
-def test_file_format_reads_headers(tmp_path):
+def test_file_info_reads_headers(tmp_path):
     make_png(tmp_path / "a.png", (20, 30), np.uint16, bit_depth=12)
     make_png(tmp_path / "b.png", (10, 12), np.uint8, channels=3)
     write_image(tmp_path / "c.jpg", np.zeros((9, 11), np.uint8))
     (tmp_path / "d.png").write_bytes(b"not an image")
-    a = file_format(tmp_path / "a.png")
+    a = file_info(tmp_path / "a.png")
     assert (a["format"], a["width"], a["height"], a["bit_depth"], a["color"]) == (
         "png",
         30,
@@ -98,9 +98,9 @@ def test_file_format_reads_headers(tmp_path):
         16,
         "gray",
     )
-    b = file_format(tmp_path / "b.png")
+    b = file_info(tmp_path / "b.png")
     assert (b["bit_depth"], b["color"]) == (8, "RGB")
-    c = file_format(tmp_path / "c.jpg")
+    c = file_info(tmp_path / "c.jpg")
     assert (c["format"], c["width"], c["height"], c["bit_depth"], c["color"]) == (
         "jpeg",
         11,
@@ -108,7 +108,7 @@ def test_file_format_reads_headers(tmp_path):
         8,
         "gray",
     )
-    assert file_format(tmp_path / "d.png")["format"] == "unknown"
+    assert file_info(tmp_path / "d.png")["format"] == "unknown"
 
 
 def test_histogram_and_summarize():

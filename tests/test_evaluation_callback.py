@@ -12,8 +12,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
-from tbclf.engine.report_callback import ReportCallback, threshold_info_of
-from tbclf.evaluation.bootstrap import point_metrics
+from tbclf.engine.report_callback import ReportCallback
+from tbclf.evaluation.metrics import point_metrics
 from tbclf.models import SimpleCNNClassifier
 
 
@@ -76,13 +76,48 @@ def test_report_written_on_test_end_and_logged(tmp_path):
     tags = set(acc.Tags()["images"])
     assert {"report/roc", "report/confusion_matrix", "report/calibration"} <= tags
 
-    # testing again in the same run folder updates the report
+    assert metrics["held_out"] is None  # no run folder says these images were held out
+    assert "not recorded" in (out / "report.md").read_text()
+
+    # testing again in the same run folder replaces the report with the new numbers
+    model.threshold.fill_(0.9)
     trainer.test(model, dataloaders=DataLoader(_Blobs(), batch_size=8))
-    assert (out / "metrics.json").exists()
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["threshold"] == pytest.approx(0.9)
+    assert again["confusion"] == {k: int(v) for k, v in _counts(model.test_outputs, 0.9).items()}
+    assert again["confusion"] != metrics["confusion"]
 
 
-def test_threshold_info_prefers_module_attribute():
-    class M(pl.LightningModule):
-        threshold_info = {"strategy": "youden", "source": "validation"}
+def _counts(outputs, threshold):
+    from tbclf.evaluation.metrics import confusion_counts
 
-    assert threshold_info_of(M()) == {"strategy": "youden", "source": "validation"}
+    return confusion_counts(outputs["prob"], outputs["label"], threshold)
+
+
+class _Viewed(pl.LightningModule):
+    """A module that provides test_outputs with a "view" column, as the data side will."""
+
+    def __init__(self, views):
+        super().__init__()
+        rng = np.random.default_rng(1)
+        y = np.array([i % 2 for i in range(len(views))], dtype=np.float32)
+        self.test_outputs = {
+            "id": np.array([f"i{i}" for i in range(len(views))]),
+            "source": np.array([""] * len(views)),
+            "prob": np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, y.size), 0, 1),
+            "label": y,
+            "view": np.array(views),
+        }
+        self.register_buffer("threshold", torch.tensor(0.5))
+
+
+def test_callback_passes_views_when_the_module_has_them(tmp_path):
+    trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    cb = ReportCallback(n_boot=50, log_figures=False)
+    cb.on_test_end(trainer, _Viewed(["PA", "AP", "AP", "PA"] * 6))
+    assert set(cb.last_report["per_view"]) == {"PA", "AP"}
+    assert cb.last_report["per_view"]["AP"]["n"] == 12
+    module = _Viewed(["PA"] * 8)
+    del module.test_outputs["view"]  # modules without views still get a report
+    cb.on_test_end(trainer, module)
+    assert "per_view" not in cb.last_report and cb.last_report["n"] == 8

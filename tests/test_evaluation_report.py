@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from tbclf.errors import ConfigError, DataError
-from tbclf.evaluation.bootstrap import METRICS, point_metrics
-from tbclf.evaluation.figures import average_precision, calibration_summary, report_figures
+from tbclf.evaluation.figures import calibration_summary, report_figures
+from tbclf.evaluation.intervals import proportion_ci
+from tbclf.evaluation.metrics import METRICS, point_metrics
 from tbclf.evaluation.report import implied_threshold, report_from_csv, write_report
+from tbclf.evaluation.roc import average_precision
 
 FIGS = ("roc", "precision_recall", "confusion_matrix", "score_histogram", "calibration")
 
@@ -181,8 +183,11 @@ def test_report_from_csv_with_true_labels_and_implied_threshold(tmp_path):
     assert res["metrics"]["sensitivity"]["value"] == pytest.approx(ref["sensitivity"])
     assert res["confusion"]["tp"] == int(np.sum((decided == 1) & (y == 1)))
     assert res["confusion"]["fp"] == int(np.sum((decided == 1) & (y == 0)))
-    assert res["threshold_info"]["strategy"] == "implied"
-    assert (tmp_path / "rep" / "report.md").exists()
+    assert res["threshold_info"]["strategy"] == "inferred"
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "inferred from the DECISION column" in md and "stored in the checkpoint" not in md
+    assert "played no part in training" not in md  # a CSV does not know that
+    assert "not recorded" in md
 
 
 def test_report_from_csv_with_zindi_labels_and_explicit_threshold(tmp_path):
@@ -220,3 +225,141 @@ def test_report_from_csv_errors(tmp_path):
         report_from_csv(bad, tmp_path / "r3", labels_csv=labels)
     with pytest.raises(DataError, match="no ID column"):
         report_from_csv(_write_csv(tmp_path / "x.csv", ["id", "p"], [["a", 1]]), tmp_path / "r4")
+
+
+def test_small_groups_get_intervals_that_do_not_collapse(tmp_path):
+    # Shenzhen-like: 11 of 11 healthy cleared; Montgomery-like: 0 of 2 TB found
+    p = np.r_[np.full(11, 0.1), 0.9, 0.8, 0.2, 0.3, np.full(6, 0.7), np.full(6, 0.2)]
+    y = np.r_[np.zeros(11), 1, 1, 1, 1, np.ones(6), np.zeros(6)]
+    src = ["shenzhen"] * 11 + ["shenzhen"] * 2 + ["montgomery"] * 2 + ["other"] * 12
+    res = write_report(p, y, 0.5, tmp_path, sources=src, n_boot=200)
+    spec = res["per_source"]["shenzhen"]["metrics"]["specificity"]
+    assert spec["value"] == 1.0 and (spec["ci_low"], spec["ci_high"]) == proportion_ci(11, 11)
+    assert spec["ci_low"] < 0.75
+    sens = res["per_source"]["montgomery"]["metrics"]["sensitivity"]
+    assert sens["value"] == 0.0 and sens["ci_low"] == 0.0 and sens["ci_high"] > 0.8
+    md = (tmp_path / "report.md").read_text()
+    assert "[1.00, 1.00]" not in md and "[0.00, 0.00]" not in md
+
+
+def test_who_sentence_uses_the_exact_lower_bounds(tmp_path):
+    # 20 of 20 TB found, 20 of 20 healthy cleared: both lower ends clear the targets
+    p = np.r_[np.full(20, 0.9), np.full(20, 0.1)]
+    y = np.r_[np.ones(20), np.zeros(20)]
+    res = write_report(p, y, 0.5, tmp_path / "a", n_boot=100)
+    assert res["metrics"]["sensitivity"]["ci_low"] == proportion_ci(20, 20)[0]
+    # 20/20: the exact lower end 0.83 is below 0.90, so the claim is not confirmed
+    assert res["who_triage"]["met"] and not res["who_triage"]["met_at_ci_low"]
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert f"sensitivity {proportion_ci(20, 20)[0]:.2f}" in md and "fall short" in md
+    # 100/100: lower ends 0.96 and above
+    p = np.r_[np.full(100, 0.9), np.full(100, 0.1)]
+    y = np.r_[np.ones(100), np.zeros(100)]
+    res = write_report(p, y, 0.5, tmp_path / "b", n_boot=100)
+    assert res["who_triage"]["met_at_ci_low"]
+    assert "Even the lower ends" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_per_view_table_only_with_pa_and_ap(tmp_path):
+    p, y, _, _ = _data(60)
+    views = ["PA" if i % 4 < 2 else "ap" for i in range(60)]  # both classes in each view
+    res = write_report(p, y, 0.5, tmp_path / "a", views=views, n_boot=100)
+    assert set(res["per_view"]) == {"PA", "AP"}
+    sel = np.array(views) == "PA"
+    pa = res["per_view"]["PA"]
+    assert pa["n"] == 30
+    assert pa["metrics"]["specificity"]["value"] == pytest.approx(
+        point_metrics(p[sel], y[sel], 0.5)["specificity"]
+    )
+    assert "## By view" in (tmp_path / "a" / "report.md").read_text()
+    res = write_report(p, y, 0.5, tmp_path / "b", views=["PA"] * 60, n_boot=100)
+    assert "per_view" not in res
+    assert "## By view" not in (tmp_path / "b" / "report.md").read_text()
+    with pytest.raises(DataError, match="views"):
+        write_report(p, y, 0.5, tmp_path / "c", views=["PA"], n_boot=100)
+
+
+@pytest.mark.parametrize(
+    ("held_out", "text"),
+    [
+        (True, "played no part in training"),
+        (None, "not recorded"),
+        (False, "optimistic"),
+    ],
+)
+def test_training_sentence_says_only_what_is_known(tmp_path, held_out, text):
+    p, y, _, _ = _data(40)
+    write_report(p, y, 0.5, tmp_path, n_boot=50, held_out=held_out)
+    md = (tmp_path / "report.md").read_text()
+    assert text in md
+    if held_out is not True:
+        assert "played no part in training" not in md
+
+
+# --------------------------------------------------------------------------- the sidecar
+
+
+def _predict_outputs(tmp_path: Path, p, y, ids, thr: float, sidecar: dict | None) -> Path:
+    rows = [[i, f"{v:.6f}", int(v >= thr), t] for i, v, t in zip(ids, p, y, strict=True)]
+    csv_path = _write_csv(
+        tmp_path / "predictions.csv", ["ID", "LABEL", "DECISION", "TRUE_LABEL"], rows
+    )
+    if sidecar is not None:
+        (tmp_path / "predictions.json").write_text(json.dumps(sidecar))
+    return csv_path
+
+
+SIDECAR = {
+    "threshold": 0.3436,
+    "threshold_source": {
+        "source": "validation",
+        "strategy": "sensitivity",
+        "target_sensitivity": 0.9,
+        "checkpoint": "/runs/x/version_0/checkpoints/best.ckpt",
+    },
+}
+
+
+def test_report_uses_the_sidecar_threshold(tmp_path):
+    p, y, _, ids = _data(60)
+    csv_path = _predict_outputs(tmp_path, p, y, ids, 0.3436, SIDECAR)
+    res = report_from_csv(csv_path, tmp_path / "rep", n_boot=100)
+    assert res["threshold"] == pytest.approx(0.3436)  # not the inferred lowest TB score
+    assert implied_threshold(np.round(p, 6), (p >= 0.3436).astype(int)) != pytest.approx(0.3436)
+    assert res["threshold_info"]["strategy"] == "sensitivity"
+    assert res["threshold_info"]["from"].endswith("predictions.json")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "chosen on the validation set for 90% sensitivity" in md
+    assert "best.ckpt" in md and "inferred" not in md
+    # an explicit threshold wins and the report names the recorded one
+    res = report_from_csv(csv_path, tmp_path / "rep2", threshold=0.5, n_boot=100)
+    assert res["threshold"] == 0.5 and "0.3436" in res["threshold_info"]["description"]
+
+
+def test_sidecar_that_does_not_fit_is_refused(tmp_path):
+    p, y, _, ids = _data(60)
+    csv_path = _predict_outputs(tmp_path, p, y, ids, 0.3436, {**SIDECAR, "threshold": 0.6})
+    with pytest.raises(DataError, match="do not belong together"):
+        report_from_csv(csv_path, tmp_path / "rep", n_boot=100)
+    for bad in ("{not json", json.dumps({"threshold": "high"}), json.dumps([1, 2])):
+        (tmp_path / "predictions.json").write_text(bad)
+        with pytest.raises(DataError, match="predictions.json"):
+            report_from_csv(csv_path, tmp_path / "rep", n_boot=100)
+
+
+def test_sidecar_threshold_on_a_rounded_label_follows_decision(tmp_path):
+    # P(TB) 0.34359996 prints as 0.343600 >= 0.3436 but the model decided 0 (it was below)
+    ids = ["a", "b", "c", "d"]
+    rows = [
+        ["a", "0.343600", 0, 0],
+        ["b", "0.900000", 1, 1],
+        ["c", "0.1", 0, 0],
+        ["d", "0.5", 1, 1],
+    ]
+    csv_path = _write_csv(
+        tmp_path / "predictions.csv", ["ID", "LABEL", "DECISION", "TRUE_LABEL"], rows
+    )
+    (tmp_path / "predictions.json").write_text(json.dumps(SIDECAR))
+    res = report_from_csv(csv_path, tmp_path / "rep", n_boot=50)
+    assert res["confusion"] == {"tp": 2, "fp": 0, "tn": 2, "fn": 0}
+    assert len(ids) == res["n"]

@@ -299,3 +299,56 @@ def test_any_valid_image_prepares_to_the_requested_square(
     assert out.shape == (size, size) and out.dtype == np.uint8
     if height == width == size and not crop:
         np.testing.assert_array_equal(out, gray)
+
+
+# --------------------------------------------------------------------------- other formats
+
+
+def _dicom_bytes(**kwargs) -> bytes:
+    import io
+
+    from dicoms import make_dicom_dataset
+
+    buf = io.BytesIO()
+    make_dicom_dataset(**kwargs).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _other_samples() -> dict[str, tuple[str, bytes]]:
+    from pydicom.uid import RLELossless
+
+    gray = make_array((24, 20), seed=3)
+    return {
+        "dcm_8": (".dcm", _dicom_bytes(pixels=gray)),
+        "dcm_12": ("", _dicom_bytes(pixels=make_array((20, 24), np.uint16, bit_depth=12),
+                                    bits_stored=12, WindowCenter=2000, WindowWidth=1000)),
+        "dcm_rle": (".dcm", _dicom_bytes(pixels=gray, syntax=RLELossless)),
+        "tiff_16": (".tif", _encode(".tiff", make_array((20, 24), np.uint16, bit_depth=12))),
+        "bmp": (".bmp", _encode(".bmp", gray)),
+        "webp": (".webp", _encode(".webp", make_array((24, 24), channels=3))),
+    }  # fmt: skip
+
+
+OTHERS = _other_samples()
+
+
+@fuzz(200)
+@given(name=st.sampled_from(sorted(OTHERS)), flips=flip_lists)
+def test_other_formats_with_flipped_bytes_never_crash(workdir: Path, name: str, flips) -> None:
+    ext, data = OTHERS[name]
+    img = _read_or_error(workdir / f"flip_{name}{ext}", _flip(data, flips))
+    if img is not None:
+        assert min(img.shape) >= 1
+
+
+@fuzz(150)
+@given(name=st.sampled_from(sorted(OTHERS)), cut=st.floats(min_value=0.0, max_value=0.9999))
+def test_other_formats_truncated_never_crash(workdir: Path, name: str, cut: float) -> None:
+    ext, data = OTHERS[name]
+    _read_or_error(workdir / f"cut_{name}{ext}", data[: int(len(data) * cut)])
+
+
+@fuzz(100)
+@given(tail=st.binary(max_size=600))
+def test_random_bytes_behind_the_dicom_magic(workdir: Path, tail: bytes) -> None:
+    _read_or_error(workdir / "random_dicom", b"\x00" * 128 + b"DICM" + tail)

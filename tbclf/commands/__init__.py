@@ -14,8 +14,10 @@ COMMANDS: dict[str, str] = {
     "eda": "explore a data set: mean/std images, contrast, eigen-images, histograms",
     "report": "evaluation report (intervals, ROC/PR, calibration) from a predictions.csv",
     "explain": "Grad-CAM overlays for a folder of images and a checkpoint",
+    "saliency": "saliency maps scored against radiologists' boxes (energy, pointing, ROAD)",
     "export": "a checkpoint as a self-describing ONNX model (optionally also INT8)",
     "serve": "HTTP API and web page for a .onnx or .ckpt model (127.0.0.1 by default)",
+    "ensemble": "average several checkpoints (optionally with TTA) on a folder of images",
 }
 
 

@@ -44,5 +44,5 @@ def main(argv: list[str]) -> dict[str, Any]:
         overwrite=cfg.overwrite,
         **data,
     )
-    print(f"EDA of {stats.get('n_images', '?')} images written to {Path(cfg.out) / 'summary.md'}")
+    print(f"EDA of {stats['n_analysed']} images written to {Path(cfg.out) / 'summary.md'}")
     return stats

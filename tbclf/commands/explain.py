@@ -7,6 +7,7 @@ from typing import Any
 
 from tbclf.commands.common import command_parser
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
+from tbclf.errors import ConfigError
 
 
 def main(argv: list[str]) -> list[dict[str, Any]]:
@@ -32,8 +33,14 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
     parser.add_argument("--overwrite", type=bool, default=False)
     cfg = parser.parse_args(argv)
+    images = Path(cfg.images).expanduser()
+    if not images.exists():
+        raise ConfigError(
+            f"--images {images} does not exist: point it at a folder of images, one image or "
+            "a Zindi CSV."
+        )
     model = load_classifier(cfg.ckpt_path)
-    records = discover_predict(Path(cfg.images))
+    records = discover_predict(images)
     results = explain_images(
         model,
         records,

@@ -14,9 +14,10 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     parser = command_parser(
         "report",
-        "Evaluation report (AUROC and operating-point metrics with "
-        "bootstrap CIs, ROC/PR, confusion, calibration, per source) from "
-        "a predictions.csv that has TRUE_LABEL or a labels CSV.",
+        "Evaluation report (AUROC and operating-point metrics with 95% "
+        "intervals, ROC/PR, confusion, calibration, per source and view) from "
+        "a predictions.csv that has TRUE_LABEL or a labels CSV. The threshold "
+        "comes from the predictions.json `predict` writes beside the CSV.",
     )
     parser.add_argument("--predictions", type=str, required=True, help="predictions.csv")
     parser.add_argument("--out", type=str, required=True, help="output folder")
@@ -30,9 +31,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--threshold",
         type=float | None,
         default=None,
-        help="default: the threshold the DECISION column implies",
+        help="overrides the threshold in predictions.json; without either, one is inferred "
+        "from the DECISION column (and the report says so)",
     )
-    parser.add_argument("--n_boot", type=int, default=2000)
+    parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap of the F1 interval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", type=bool, default=False)
     cfg = parser.parse_args(argv)

@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader
 
 from tbclf.data import layouts
 from tbclf.data.cache import DecodeCache
-from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader
+from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader, rank_seed
+from tbclf.data.grouping import group_keys
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from tbclf.data.neardup import find_near_duplicates
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
 from tbclf.data.splits import (
@@ -27,6 +29,8 @@ from tbclf.data.splits import (
     describe_duplicates,
     find_duplicates,
     hash_files,
+    link_groups,
+    linked_groups,
     load_split,
     make_fold_split,
     make_split,
@@ -42,7 +46,8 @@ log = logging.getLogger(__name__)
 class TBDataModule(pl.LightningDataModule):
     """Healthy (0) vs TB (1) chest X-rays; every dataloader yields the batch dict contract:
     {"image": float32 (B,1,S,S) in [0,1], "label": float32 (B,) NaN if unlabeled,
-    "id": list[str], "source": list[str]}."""
+    "id": list[str], "source": list[str], "view": list[str],
+    "index": int64 (B,) position in its data set}."""
 
     def __init__(
         self,
@@ -68,6 +73,9 @@ class TBDataModule(pl.LightningDataModule):
         skip_bad_images: bool = False,
         hflip: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        keep_lateral: bool = False,
+        group_by: str | None = None,
+        near_duplicates: bool = True,
     ) -> None:
         """
         Args:
@@ -93,6 +101,13 @@ class TBDataModule(pl.LightningDataModule):
             skip_bad_images: Drop unreadable images with one warning instead of failing.
             hflip: Random horizontal flips in training (off: it moves the heart to the right).
             max_pixels: Refuse images with more pixels (decompression-bomb guard).
+            keep_lateral: Keep lateral DICOM views (ViewPosition LL/RL/LATERAL), which are
+                skipped with a warning by default (models are trained on frontal views).
+            group_by: Keep groups of images in one split: "patient" (DICOM PatientID, hashed),
+                "column:NAME" (a column of the Zindi CSV), "regex:PATTERN" (first capture
+                group of a regex on the root-relative path). Default: per image.
+            near_duplicates: Group the same X-ray saved at another size, format or contrast
+                (perceptual hash + correlation on the cached image), like byte-identical copies.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -123,6 +138,9 @@ class TBDataModule(pl.LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.hflip = hflip
         self.max_pixels = int(max_pixels)
+        self.keep_lateral = bool(keep_lateral)
+        self.group_by = group_by
+        self.near_duplicates = bool(near_duplicates)
         # The pixel settings as one InputSpec; a model trained on this data takes it over, and
         # a trained model hands its own back for validate/test/predict (see setup()).
         self.use_input_spec(
@@ -139,6 +157,8 @@ class TBDataModule(pl.LightningDataModule):
         self.records: list[Record] = []
         self.split: Split = {}
         self.duplicates: list[list[Record]] = []
+        self.near_duplicate_groups: list[list[Record]] = []
+        self.groups: dict[Path, str] = {}
         self.bad_records: list[Record] = []
         self.hashes: dict[Path, str] = {}
         self.predict_records: list[Record] = []
@@ -200,6 +220,23 @@ class TBDataModule(pl.LightningDataModule):
             self._setup_labeled()
         self._write_split_for_run(stage)
 
+    def prepare_data(self) -> None:
+        """Download the public NLM sets into an empty data.root (data.download=true).
+
+        Lightning calls this in one process per machine before any setup(), so DDP ranks never
+        fetch the same archive side by side.
+        """
+        if not self.download or self.root is None:
+            return
+        try:
+            layouts.discover(self.root, self.layout)
+            return  # images are there already
+        except DataError:
+            pass
+        from tbclf.data.download import ensure_nlm_data
+
+        ensure_nlm_data(self.root)
+
     def _discover(self) -> list[Record]:
         if self.root is None:
             raise DataError(
@@ -207,17 +244,16 @@ class TBDataModule(pl.LightningDataModule):
                 "(NLM names, class folders or a Zindi CSV)."
             )
         try:
-            return layouts.discover(self.root, self.layout)
+            return layouts.discover(self.root, self.layout, self.keep_lateral)
         except DataError as exc:
-            if not self.download:
+            if not self.download or self.trainer is not None:
+                # Under a Trainer, prepare_data() has already downloaded what it could.
                 if "data.root" in str(exc):
                     raise
                 raise DataError(f"data.root={self.root}: {exc}") from None
-        # No usable images (or no folder yet): fetch the public NLM sets into root.
-        from tbclf.data.download import ensure_nlm_data
-
-        ensure_nlm_data(self.root)
-        return layouts.discover(self.root, self.layout)
+        # Used without a Trainer (nobody called prepare_data): fetch the NLM sets now.
+        self.prepare_data()
+        return layouts.discover(self.root, self.layout, self.keep_lateral)
 
     def _hash(self, records: list[Record]) -> dict[Path, str]:
         return hash_files(records, memo_file=self.cache_dir / "file-hashes.json")
@@ -240,10 +276,14 @@ class TBDataModule(pl.LightningDataModule):
             split = {k: [r for r in v if Path(r.path) in kept_paths] for k, v in split.items()}
         elif self.num_folds is not None:
             split = make_fold_split(
-                kept, hashes, self.seed, self.num_folds, self.fold, self.val_fraction
-            )
+                kept, hashes, self.seed, self.num_folds, self.fold, self.val_fraction,
+                groups=self._link(kept, hashes),
+            )  # fmt: skip
         else:
-            split = make_split(kept, hashes, self.seed, self.val_fraction, self.test_fraction)
+            split = make_split(
+                kept, hashes, self.seed, self.val_fraction, self.test_fraction,
+                groups=self._link(kept, hashes),
+            )  # fmt: skip
         self.records, self.hashes, self.split = kept, hashes, split
         self.duplicates = [g for g in self.duplicates if all(Path(r.path) in kept_paths for r in g)]
         log.info(
@@ -256,13 +296,50 @@ class TBDataModule(pl.LightningDataModule):
                 split[name], hashes, self.cache, self.transforms[name]
             )
 
+    def _link(self, records: list[Record], hashes: dict[Path, str]) -> dict[Path, str] | None:
+        """Group keys for the split: data.group_by and near-duplicates joined to the
+        byte-identical groups (None when neither applies: the split is per content hash)."""
+        links = []
+        if self.group_by:
+            links.append(group_keys(records, self.group_by, self.root))
+        if self.near_duplicates:
+            plain = self.cache.plain()
+            near = find_near_duplicates(
+                records, lambda r: plain.get(r, hashes[Path(r.path)]), hashes
+            )
+            self.near_duplicate_groups = near
+            if near:
+                log.warning(
+                    "%d group(s) of near-duplicate images (one X-ray at another size, format "
+                    "or contrast); each group is kept in one split: %s",
+                    len(near),
+                    describe_duplicates(near),
+                )
+                mixed = [g for g in near if len({r.label for r in g}) > 1]
+                if mixed:
+                    log.warning(
+                        "%d near-duplicate group(s) carry different labels; check them: %s",
+                        len(mixed),
+                        describe_duplicates(mixed),
+                    )
+            links.append({Path(r.path): f"near:{i}" for i, g in enumerate(near) for r in g})
+        if not links:
+            return None
+        self.groups = link_groups(records, hashes, *links)
+        return self.groups
+
     def _setup_predict(self) -> None:
         if self.predict_root is None:
             raise DataError(
                 "data.predict_root is not set: point it at a folder of images, one image or a "
                 "Zindi CSV (ID column) to predict on."
             )
-        records = layouts.discover_predict(self.predict_root)
+        if not self.predict_root.exists():
+            raise DataError(
+                f"data.predict_root={self.predict_root} does not exist: point it at a folder of "
+                "images, one image or a Zindi CSV (ID column) to predict on."
+            )
+        records = layouts.discover_predict(self.predict_root, self.keep_lateral)
         hashes = self._hash(records)
         kept = self.cache.warm(records, hashes, self.num_workers, self.skip_bad_images)
         self.predict_records = kept
@@ -282,6 +359,18 @@ class TBDataModule(pl.LightningDataModule):
             "layout": self.layout,
             "split_file": str(self.split_file) if self.split_file else None,
             "duplicates": [[relative_path(r.path, root) for r in g] for g in self.duplicates],
+            "near_duplicates": [
+                [relative_path(r.path, root) for r in g] for g in self.near_duplicate_groups
+            ],
+            # The grouping as lists of paths only: group keys (hashed patient IDs) never leave.
+            "group_by": self.group_by,
+            "groups": [
+                [relative_path(r.path, root) for r in g]
+                for g in linked_groups(self.records, self.groups)
+                if len({self.hashes.get(Path(r.path)) for r in g}) > 1
+            ]
+            if self.groups
+            else [],
             "skipped_bad_images": [relative_path(r.path, root) for r in self.bad_records],
         }
 
@@ -316,14 +405,31 @@ class TBDataModule(pl.LightningDataModule):
                 self.setup("fit")
         return self._datasets[name]
 
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The training loader's RNG (shuffle order, augmentation seeds): its own stream per
+        DDP rank, saved in checkpoints by :mod:`tbclf.engine.rng_state` for an exact resume."""
+        if self._train_generator is None:
+            rank = int(getattr(self.trainer, "global_rank", 0) or 0)
+            self._train_generator = torch.Generator().manual_seed(rank_seed(self.seed, rank))
+        return self._train_generator
+
     def _loader(self, name: str, shuffle: bool) -> TBDataLoader:
         dataset = self._dataset(name)
-        generator = None
-        if shuffle:
-            if self._train_generator is None:
-                self._train_generator = torch.Generator().manual_seed(self.seed)
-            generator = self._train_generator
-        return build_loader(dataset, self.batch_size, self.num_workers, shuffle, generator)
+        if not shuffle:
+            # A generator of its own: creating an evaluation loader's iterator then never draws
+            # from the global torch RNG, so training's streams (dropout) do not depend on when
+            # or how often validation loaders start (persistent workers, a resumed run).
+            generator = torch.Generator().manual_seed(self.seed)
+            return build_loader(dataset, self.batch_size, self.num_workers, False, generator)
+        return build_loader(
+            dataset,
+            self.batch_size,
+            self.num_workers,
+            True,
+            self.train_generator,
+            persistent_workers=False,  # fresh workers seeded from the generator each epoch
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -17,7 +17,8 @@ from tbclf.data.records import Record
 
 class CachedImageDataset(Dataset):
     """Items are dicts {"image": (1,S,S) tensor, "label": float32 scalar (NaN if unlabeled),
-    "id": str, "source": str}; the default collate turns them into the batch contract.
+    "id": str, "source": str, "view": str (DICOM ViewPosition, "" when unknown)}; the default
+    collate turns them into the batch contract.
 
     "image" is whatever the transform returns: float32 in [0,1] for build_transforms' full
     pipeline, or uint8 for the data module's fast path (TBDataLoader converts whole batches).
@@ -62,7 +63,26 @@ class CachedImageDataset(Dataset):
             "label": self._labels[index],
             "id": record.id,
             "source": record.source,
+            "view": record.view,
+            # Position in the data set: lets evaluation drop the repeats DDP's sampler pads with.
+            "index": index,
         }
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The training RNG seed of one DDP rank: rank 0 keeps ``seed`` (single-process runs are
+    unchanged), other ranks get independent streams from numpy's SeedSequence."""
+    if rank == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
+
+
+def reseed_transform(dataset: Dataset, seed: int) -> None:
+    """Point the dataset's augmentation pipeline at a fresh stream (albumentations' own RNGs
+    ignore numpy's and Python's global seeds)."""
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(seed) % 2**32)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -77,9 +97,7 @@ def seed_worker(worker_id: int) -> None:
     info = get_worker_info()
     if info is None:
         return
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(torch.initial_seed() % 2**32)
+    reseed_transform(info.dataset, torch.initial_seed())
 
 
 def to_float_batch(batch: dict[str, Any], pin: bool = False) -> dict[str, Any]:
@@ -103,9 +121,19 @@ class TBDataLoader(DataLoader):
     fill and map per batch; on two cores that transport alone capped a float32 loader below
     the 1500 images/s target. The conversion (one vectorised op per batch) runs here, in the
     consuming process, so every batch still follows the float32 [0,1] contract.
+
+    With a ``generator`` (every data module loader has one; only training's pipeline draws
+    random numbers) every epoch's augmentation stream is drawn from it when the epoch starts:
+    in this process (``num_workers=0``) here, in workers through :func:`seed_worker` (the
+    workers' seeds come from the same generator). An epoch's shuffle and augmentation are then
+    a function of the generator's state alone, which a checkpoint saves
+    (:mod:`tbclf.engine.rng_state`), so a resumed run draws exactly what it would have.
     """
 
     def __iter__(self):
+        if self.generator is not None and self.num_workers == 0:
+            seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
+            reseed_transform(self.dataset, seed)
         pin = bool(self.pin_memory) and torch.cuda.is_available()
         for batch in super().__iter__():
             yield to_float_batch(batch, pin)
@@ -118,8 +146,17 @@ def build_loader(
     shuffle: bool,
     generator: torch.Generator | None = None,
     loader_class: type[DataLoader] = TBDataLoader,
+    persistent_workers: bool | None = None,
 ) -> DataLoader:
-    """The loader settings every TBDataModule loader (and the loader benchmark) uses."""
+    """The loader settings every TBDataModule loader (and the loader benchmark) uses.
+
+    ``persistent_workers`` (default: whenever there are workers) is off for the data module's
+    training loader: workers started afresh each epoch take their augmentation seeds from the
+    loader's generator, which makes a resumed run bit-exact (persistent workers would carry
+    their streams over from epochs the resumed process never ran).
+    """
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
     return loader_class(
         dataset,
         batch_size=batch_size,
@@ -128,7 +165,7 @@ def build_loader(
         # small data sets keep every image in every epoch.
         drop_last=shuffle and len(dataset) > batch_size and len(dataset) % batch_size == 1,
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=generator,

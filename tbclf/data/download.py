@@ -3,11 +3,14 @@
 Downloads resume (HTTP Range) because the Shenzhen archive is several GB, files are verified
 and renamed into place atomically, and every failure ends with a message saying where to put
 the files by hand, since many training machines have no internet access.
+
+No checksum is published for these archives, so the first complete download's size and SHA-256
+go into a manifest beside the data (:mod:`tbclf.data.download_manifest`) and every later
+download, and any archive already on disk, must match it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.error
@@ -21,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from tbclf.data.download_manifest import DownloadManifest, file_sha256
 from tbclf.errors import ConfigError, DataError
 
 DEFAULT_BASE_URLS: tuple[str, ...] = ("https://openi.nlm.nih.gov/imgs/collections/",)
@@ -62,22 +66,29 @@ class DownloadError(DataError):
     """A download that failed; ensure_nlm_data adds where to put the files by hand."""
 
 
-def _verify(path: Path, expected_size: int | None, sha256: str | None, url: str) -> None:
+def _verify(
+    path: Path,
+    expected_size: int | None,
+    sha256: str | None,
+    what: str,
+    origin: str | None = None,
+    remedy: str = "the file was removed",
+) -> None:
+    """Raise DownloadError naming ``what``, both sizes and both SHA-256s when path differs."""
     size = path.stat().st_size
-    if expected_size is not None and size != expected_size:
-        raise DownloadError(
-            f"Downloaded {url} has {size} bytes, expected {expected_size}; the file was removed."
-        )
-    if sha256 is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(block)
-        if digest.hexdigest().lower() != sha256.lower():
-            raise DownloadError(
-                f"Downloaded {url} has sha256 {digest.hexdigest()}, expected {sha256}; the file "
-                "was removed. The mirror may serve a different version: download it by hand."
-            )
+    size_bad = expected_size is not None and size != expected_size
+    digest = file_sha256(path) if sha256 is not None else None
+    sha_bad = digest is not None and digest != sha256.lower()
+    if not (size_bad or sha_bad):
+        return
+    facts = [f"{size} bytes (expected {expected_size})" if size_bad else f"{size} bytes"]
+    if digest is not None:
+        facts.append(f"sha256 {digest} (expected {sha256.lower()})")
+    where = f"; the expected values were {origin}" if origin else ""
+    raise DownloadError(
+        f"{what} has {', '.join(facts)}{where}; {remedy}. A short file is a broken transfer; "
+        "a complete one with another checksum means the mirror now serves a different file."
+    )
 
 
 def _open(url: str, offset: int, timeout: float):
@@ -110,21 +121,25 @@ def download_file(
     sha256: str | None = None,
     progress: bool = True,
     timeout: float = 60.0,
+    origin: str | None = None,
 ) -> Path:
     """Stream url to dest via dest.part, resuming a partial .part with an HTTP Range request.
 
     An existing dest that verifies is reused. A failed verification removes the .part, so no
-    corrupt file is ever left under the final name.
+    corrupt file is ever left under the final name. ``origin`` says where the expected size and
+    checksum come from, for the error message.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     if dest.exists():
-        try:
-            _verify(dest, expected_size, sha256, str(dest))
-        except DownloadError:
-            raise DownloadError(
-                f"{dest} exists but does not match the expected size/checksum. Delete it and retry."
-            ) from None
+        _verify(
+            dest,
+            expected_size,
+            sha256,
+            f"{dest} (already on disk)",
+            origin,
+            remedy="it was left as it is. Delete it and retry to download it again",
+        )
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.exists() else 0
@@ -134,7 +149,7 @@ def download_file(
     if expected_size is None or offset < expected_size:
         _download(url, part, offset, progress, timeout)
     try:
-        _verify(part, expected_size, sha256, url)
+        _verify(part, expected_size, sha256, f"Downloaded {url}", origin)
     except DownloadError:
         part.unlink(missing_ok=True)
         raise
@@ -278,6 +293,7 @@ def ensure_nlm_data(
     root = Path(root).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
     downloads = root / DOWNLOAD_DIR
+    manifest: DownloadManifest | None = None  # read when a download is needed
     folders = []
     for name in sources:
         archive = NLM_ARCHIVES[name]
@@ -298,13 +314,22 @@ def ensure_nlm_data(
                 f"{2 * archive.approx_bytes / 1e9:.1f} GB (zip + extracted).",
                 stacklevel=2,
             )
+        expected_size, sha256, origin = archive.expected_size, archive.sha256, None
+        manifest = manifest or DownloadManifest(root)
+        known = manifest.get(archive.filename)
+        if archive.sha256 is not None:
+            origin = "published for this archive (pinned in tbclf)"
+        elif known is not None:
+            expected_size, sha256 = known.size, known.sha256
+            origin = known.origin(manifest.path) + (
+                f". If the new file is right, remove the {archive.filename!r} entry from "
+                f"{manifest.path} and run again"
+            )
         errors = []
         for base in bases:
             url = base.rstrip("/") + "/" + archive.filename
             try:
-                download_file(
-                    url, zip_path, archive.expected_size, archive.sha256, progress, timeout
-                )
+                download_file(url, zip_path, expected_size, sha256, progress, timeout, origin)
                 break
             except DownloadError as exc:
                 errors.append(str(exc))
@@ -314,6 +339,8 @@ def ensure_nlm_data(
                 f"Could not download the {name} archive. Tried:\n  {tried}\n"
                 + manual_instructions(root, sources)
             )
+        if known is None and archive.sha256 is None:
+            manifest.record(archive.filename, zip_path, url)
         extract_archive(zip_path, root)
         if not _has_images(image_dir, archive.prefix):
             raise DataError(

@@ -7,6 +7,10 @@
 
 ``layout="auto"`` mixes 1 and 3 per file (NLM name first), or uses 2 when a root CSV has an ID
 column, because real collections are assembled from several of these at once.
+
+Images are found by content as well as by name: a PACS export's extension-less DICOM files are
+images too. Lateral DICOM views are left out (one warning) unless ``keep_lateral``; a file that
+is neither an image tbclf reads nor a known companion (CSV, text, ...) is listed in one warning.
 """
 
 from __future__ import annotations
@@ -18,13 +22,26 @@ import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
+from tbclf.data import dicom
+from tbclf.data.imageio import SNIFF_BYTES, sniff_format
 from tbclf.data.records import HEALTHY, TB, Record
 from tbclf.errors import ConfigError, DataError
 
 LAYOUTS = ("auto", "nlm", "zindi", "folders")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom",
+)  # fmt: skip
+FORMATS_TEXT = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
+# Files that sit beside X-rays in public sets and exports; not worth a warning when skipped.
+COMPANION_EXTENSIONS = (
+    ".csv", ".txt", ".md", ".json", ".xml", ".html", ".htm", ".pdf", ".yaml", ".yml", ".log",
+    ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".ini", ".md5", ".sha256", ".zip", ".gz", ".tar",
+    ".tgz", ".7z", ".py", ".ipynb", ".db",
+)  # fmt: skip
+_SHOWN = 10
 README_HINT = 'See the "Data layouts" section of README.md.'
 NLM_PATTERN = re.compile(r"^(CHNCXR|MCUCXR)_(\d+)_([01])$", re.IGNORECASE)
 NLM_SOURCES = {"CHNCXR": "shenzhen", "MCUCXR": "montgomery"}
@@ -64,12 +81,53 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _stem(rel: PurePosixPath) -> str:
+    """The file name without an image extension; other names stay whole (1.2.840.113.4)."""
+    return rel.stem if _is_image(rel.name) else rel.name
+
+
+def _without_ext(rel: PurePosixPath) -> str:
+    return (rel.with_suffix("") if _is_image(rel.name) else rel).as_posix()
+
+
+def sniff(path: Path) -> str | None:
+    """The image format of a file from its first bytes (None: not an image tbclf reads)."""
+    return _sniff(str(path))
+
+
+def _sniff(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(SNIFF_BYTES))
+    except OSError:
+        return None
+
+
+def _listing(paths: list, total: int | None = None) -> str:
+    total = len(paths) if total is None else total
+    shown = ", ".join(str(p) for p in paths[:_SHOWN])
+    return shown + (f" ... and {total - _SHOWN} more" if total > _SHOWN else "")
+
+
+def _warn_unread(root: Path, unread: list[PurePosixPath]) -> None:
+    """Never drop files silently: one warning counts and names what was not read."""
+    if unread:
+        warnings.warn(
+            f"{len(unread)} file(s) under {root} are not images tbclf reads ({FORMATS_TEXT}) "
+            f"and were ignored: {_listing(unread)}.",
+            stacklevel=3,
+        )
+
+
 def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def _walk_images(root: Path) -> Iterator[PurePosixPath]:
+def _walk_images(root: Path, unread: list[PurePosixPath] | None = None) -> Iterator[PurePosixPath]:
     """Relative paths of image files under root, skipping hidden entries and __MACOSX.
+
+    A file counts as an image by its extension or, failing that, by content (DICOM exports
+    are often extension-less); other files that are no known companion go into `unread`.
 
     Symlinks are followed only while they resolve inside the root: a link out of the data
     folder is most likely a mistake and would make splits depend on files elsewhere.
@@ -96,7 +154,7 @@ def _walk_images(root: Path) -> Iterator[PurePosixPath]:
         dirnames[:] = keep
         rel_dir = Path(dirpath).relative_to(root)
         for name in sorted(filenames):
-            if _is_hidden(name) or not _is_image(name):
+            if _is_hidden(name) or name.lower().endswith(COMPANION_EXTENSIONS):
                 continue
             full = os.path.join(dirpath, name)
             if os.path.islink(full):
@@ -111,12 +169,17 @@ def _walk_images(root: Path) -> Iterator[PurePosixPath]:
             elif not os.path.isfile(full):  # a FIFO or device: reading it would block or hang
                 warnings.warn(f"Skipping {full}: not a regular file.", stacklevel=3)
                 continue
-            yield PurePosixPath((rel_dir / name).as_posix())
+            rel = PurePosixPath((rel_dir / name).as_posix())
+            if not _is_image(name) and _sniff(full) is None:
+                if unread is not None:
+                    unread.append(rel)
+                continue
+            yield rel
 
 
 def _nlm_label(rel: PurePosixPath) -> tuple[int, str] | None:
     """(label, source) for an NLM-named scan; None for other files and NLM lung masks."""
-    m = NLM_PATTERN.match(rel.stem)
+    m = NLM_PATTERN.match(_stem(rel))
     if m is None or _is_nlm_mask(rel):
         return None
     return int(m.group(3)), NLM_SOURCES[m.group(1).upper()]
@@ -125,7 +188,7 @@ def _nlm_label(rel: PurePosixPath) -> tuple[int, str] | None:
 def _is_nlm_mask(rel: PurePosixPath) -> bool:
     """Montgomery ships lung masks with the scans' file names under ManualMask/{left,right}Mask:
     known non-scans, skipped without a warning."""
-    return NLM_PATTERN.match(rel.stem) is not None and any(
+    return NLM_PATTERN.match(_stem(rel)) is not None and any(
         "mask" in part.casefold() for part in rel.parts[:-1]
     )
 
@@ -200,27 +263,31 @@ def _pick_zindi_csv(root: Path) -> Path | None:
     )
 
 
-def _scan(root: Path, layout: str, keep_unlabeled: bool) -> tuple[list[Record], int]:
-    """Records from file names / class folders, and how many images matched neither."""
+def _scan(
+    root: Path, layout: str, keep_unlabeled: bool
+) -> tuple[list[Record], list[PurePosixPath], list[PurePosixPath]]:
+    """Records from file names / class folders, the images that matched neither, and the
+    files that are no image tbclf reads."""
     items: list[tuple[str, PurePosixPath, int | None, str]] = []
-    ignored = 0
-    for rel in _walk_images(root):
+    ignored: list[PurePosixPath] = []
+    unread: list[PurePosixPath] = []
+    for rel in _walk_images(root, unread):
         if _is_nlm_mask(rel):
             continue
         found = None
         if layout in ("auto", "nlm"):
             nlm = _nlm_label(rel)
             if nlm is not None:
-                found = (rel.stem, rel, *nlm)
+                found = (_stem(rel), rel, *nlm)
         if found is None and layout in ("auto", "folders"):
             folder = _folder_label(rel)
             if folder is not None:
-                found = (rel.with_suffix("").as_posix(), rel, *folder)
+                found = (_without_ext(rel), rel, *folder)
         if found is None and keep_unlabeled:
             source = rel.parts[0] if len(rel.parts) > 1 else "predict"
-            found = (rel.with_suffix("").as_posix(), rel, None, source)
+            found = (_without_ext(rel), rel, None, source)
         if found is None:
-            ignored += 1
+            ignored.append(rel)
             continue
         items.append(found)
     items.sort(key=lambda t: t[1].as_posix())
@@ -229,29 +296,66 @@ def _scan(root: Path, layout: str, keep_unlabeled: bool) -> tuple[list[Record], 
         Record(id=ident, path=root / rel, label=label, source=source)
         for ident, (_, rel, label, source) in zip(ids, items, strict=True)
     ]
-    return records, ignored
+    return records, ignored, unread
 
 
-def _no_images(root: Path, tried: list[str], ignored: int) -> DataError:
+def _no_images(root: Path, tried: list[str], ignored: int, unread: int) -> DataError:
     tried_text = "; ".join(_LAYOUT_DESCRIPTIONS[t] for t in tried)
-    extra = (
-        f" {ignored} image file(s) were found but matched none of these layouts."
-        if ignored
-        else f" No {'/'.join(IMAGE_EXTENSIONS)} files were found at all."
-    )
+    if ignored:
+        extra = f" {ignored} image file(s) were found but matched none of these layouts."
+    else:
+        extra = f" No {FORMATS_TEXT} images were found at all"
+        extra += f" ({unread} other file(s) were not images)." if unread else "."
     return DataError(
         f"No labelled images found under {root}. Layouts tried: {tried_text}.{extra} {README_HINT}"
     )
 
 
-def discover(root: Path, layout: str = "auto") -> list[Record]:
+def with_dicom_views(records: list[Record]) -> list[Record]:
+    """Records of DICOM files get their ViewPosition; DICOMDIR index files are left out.
+
+    Only the header is read (no pixels). A DICOM whose header does not parse is kept as is:
+    decoding it later fails with a message that names the file.
+    """
+    out = []
+    for r in records:
+        if _sniff(str(r.path)) != "dicom":
+            out.append(r)
+            continue
+        try:
+            info = dicom.read_info(Path(r.path))
+        except DataError:
+            out.append(r)
+            continue
+        if info.is_directory:
+            continue
+        out.append(replace(r, view=info.view) if info.view else r)
+    return out
+
+
+def drop_lateral(records: list[Record], keep_lateral: bool = False) -> list[Record]:
+    """Chest models are trained on frontal views: lateral ones are left out with one warning
+    that lists them, unless keep_lateral (data.keep_lateral=true)."""
+    lateral = [r for r in records if r.view in dicom.LATERAL_VIEWS]
+    if keep_lateral or not lateral:
+        return records
+    warnings.warn(
+        f"Skipping {len(lateral)} lateral view(s) (DICOM ViewPosition "
+        f"{'/'.join(sorted({r.view for r in lateral}))}); models are trained on frontal PA/AP "
+        f"views. Set data.keep_lateral=true to keep them: {_listing([r.path for r in lateral])}.",
+        stacklevel=3,
+    )
+    return [r for r in records if r.view not in dicom.LATERAL_VIEWS]
+
+
+def discover(root: Path, layout: str = "auto", keep_lateral: bool = False) -> list[Record]:
     """All labelled images under root (or in a Zindi CSV file), sorted by relative path."""
     if layout not in LAYOUTS:
         raise ConfigError(f"data.layout={layout!r} is not one of {LAYOUTS}.")
     root = _check_root(root)
     if root.is_file():
         if root.suffix.lower() == ".csv":
-            return read_zindi_csv(root)
+            return drop_lateral(with_dicom_views(read_zindi_csv(root)), keep_lateral)
         raise DataError(f"Data root {root} is a file; set data.root to a folder or a Zindi CSV.")
     if layout == "zindi" or (layout == "auto" and _root_csvs(root)):
         csv_path = _pick_zindi_csv(root)
@@ -260,45 +364,55 @@ def discover(root: Path, layout: str = "auto") -> list[Record]:
                 f"data.layout=zindi but no CSV with an ID column is at the root of {root}. "
                 f"{README_HINT}"
             )
-        return read_zindi_csv(csv_path, root)
-    records, ignored = _scan(root, layout, keep_unlabeled=False)
+        return drop_lateral(with_dicom_views(read_zindi_csv(csv_path, root)), keep_lateral)
+    records, ignored, unread = _scan(root, layout, keep_unlabeled=False)
+    _warn_unread(root, unread)
     if ignored:
         warnings.warn(
-            f"{ignored} image(s) under {root} match no layout ({layout}) and were ignored.",
+            f"{len(ignored)} image(s) under {root} match no layout ({layout}) and were ignored: "
+            f"{_listing(ignored)}.",
             stacklevel=2,
         )
     if not records:
         tried = ["nlm", "zindi", "folders"] if layout == "auto" else [layout]
-        raise _no_images(root, tried, ignored)
+        raise _no_images(root, tried, len(ignored), len(unread))
+    records = drop_lateral(with_dicom_views(records), keep_lateral)
+    if not records:
+        raise DataError(
+            f"Every image under {root} is a lateral view; set data.keep_lateral=true to use them."
+        )
     return records
 
 
-def discover_predict(path: Path) -> list[Record]:
+def discover_predict(path: Path, keep_lateral: bool = False) -> list[Record]:
     """Images to predict on: a folder (labels kept where a layout gives them, else None), one
     image, or a Zindi CSV. Ids are file stems, or relative paths where stems collide."""
     path = _check_root(path)
     if path.is_file():
         if path.suffix.lower() == ".csv":
             records = read_zindi_csv(path)
-        elif _is_image(path.name):
-            records = [Record(id=path.stem, path=path, label=None, source="predict")]
+        elif _is_image(path.name) or _sniff(str(path)) is not None:
+            records = [Record(id=_stem(PurePosixPath(path.name)), path=path, label=None,
+                              source="predict")]  # fmt: skip
         else:
-            raise DataError(f"{path} is neither an image (.png/.jpg/.jpeg) nor a CSV.")
+            raise DataError(f"{path} is neither an image ({FORMATS_TEXT}) nor a CSV.")
     elif _root_csvs(path):
         csv_path = _pick_zindi_csv(path)
         assert csv_path is not None
         records = read_zindi_csv(csv_path, path)
     else:
-        records, _ = _scan(path, "auto", keep_unlabeled=True)
+        records, _, unread = _scan(path, "auto", keep_unlabeled=True)
+        _warn_unread(path, unread)
         rels = [PurePosixPath(r.path.relative_to(path).as_posix()) for r in records]
-        ids = _unique_ids([(rel.stem, rel) for rel in rels])
+        ids = _unique_ids([(_stem(rel), rel) for rel in rels])
         records = [
             Record(id=i, path=r.path, label=r.label, source=r.source)
             for i, r in zip(ids, records, strict=True)
         ]
+    records = drop_lateral(with_dicom_views(records), keep_lateral)
     if not records:
         raise DataError(
-            f"No images to predict on in {path}: put .png/.jpg/.jpeg files in it or point to a "
+            f"No images to predict on in {path}: put {FORMATS_TEXT} files in it or point to a "
             f"CSV with an ID column. {README_HINT}"
         )
     return records
@@ -332,6 +446,38 @@ def _csv_rows(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
             f"{csv_path} line {reader.line_num}: not a readable CSV ({exc}). Check for a stray "
             "quote or a huge field, and save it as a plain comma-separated UTF-8 file."
         ) from None
+
+
+def zindi_csv(root: Path) -> Path | None:
+    """The Zindi CSV that discover() would read at root, or None."""
+    return _pick_zindi_csv(Path(root)) if _root_csvs(Path(root)) else None
+
+
+def csv_header(csv_path: Path) -> list[str]:
+    return _csv_header(Path(csv_path))
+
+
+def csv_column(csv_path: Path, column: str) -> dict[str, str]:
+    """{ID: stripped value of `column`} for a Zindi CSV (column matched case-insensitively)."""
+    header: list[str] | None = None
+    index = -1
+    id_index = -1
+    out: dict[str, str] = {}
+    for _, row in _csv_rows(Path(csv_path)):
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip().casefold() for cell in row]
+            if column.casefold() not in header or "id" not in header:
+                raise ConfigError(
+                    f"data.group_by: CSV {csv_path} has no column {column!r} (its columns: "
+                    f"{', '.join(cell.strip() for cell in row)})."
+                )
+            index, id_index = header.index(column.casefold()), header.index("id")
+            continue
+        ident = row[id_index].strip() if id_index < len(row) else ""
+        out[ident] = row[index].strip() if index < len(row) else ""
+    return out
 
 
 def _csv_header(csv_path: Path) -> list[str]:
@@ -379,9 +525,8 @@ class _ImageIndex:
             folder = self.image_root / sub
             names = {}
             if folder.is_dir():
-                images = [
-                    n for n in sorted(os.listdir(folder)) if _is_image(n) and (folder / n).is_file()
-                ]
+                # Every file: an ID may name an extension-less DICOM.
+                images = [n for n in sorted(os.listdir(folder)) if (folder / n).is_file()]
                 names = {n: n for n in images}
                 for name in images:  # case-insensitive fallback; never shadows an exact name
                     names.setdefault(name.lower(), name)
@@ -394,7 +539,9 @@ class _ImageIndex:
         for sub in subdirs:
             folder = sub if not parent else parent
             listing = self._listing(folder)
-            candidates = [rel.name] if with_ext else [rel.name + e for e in IMAGE_EXTENSIONS]
+            candidates = [rel.name]
+            if not with_ext:  # <ID>.png ... first, then a file named <ID> itself
+                candidates = [rel.name + e for e in IMAGE_EXTENSIONS] + [rel.name]
             for cand in candidates:
                 hit = listing.get(cand) or listing.get(cand.lower())
                 if hit is not None:
@@ -405,7 +552,8 @@ class _ImageIndex:
 def read_zindi_csv(csv_path: Path, image_root: Path | None = None) -> list[Record]:
     """Records from a Zindi CSV (ID, optional LABEL and filename columns).
 
-    Images are looked up as <image_root>/<ID>.png (or .jpg/.jpeg), then in train/, images/,
+    Images are looked up as <image_root>/<ID>.png (or another image extension, or a file named
+    <ID> itself: extension-less DICOM), then in train/, images/,
     test/ ...; image_root defaults to the CSV's folder. Without a LABEL column every label is
     None (a prediction set).
     """

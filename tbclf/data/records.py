@@ -11,9 +11,14 @@ TB = 1
 
 @dataclass(frozen=True)
 class Record:
-    """An image on disk with its identity, label (None when unlabeled) and source set."""
+    """An image on disk with its identity, label (None when unlabeled) and source set.
+
+    ``view`` is the DICOM ViewPosition (PA, AP, LL, ...) upper-cased, "" when the file does
+    not say (PNG/JPEG, or a DICOM without the tag).
+    """
 
     id: str
     path: Path
     label: int | None
     source: str
+    view: str = ""

@@ -137,7 +137,14 @@ class InputSpec:
         self, path: str | Path, max_pixels: int = imageio.DEFAULT_MAX_PIXELS
     ) -> np.ndarray:
         """Decode, crop and fit: the uint8 (S, S) square before the contrast step."""
-        return imageio.load_prepared(
+        return self.load_square_geometry(path, max_pixels)[0]
+
+    def load_square_geometry(
+        self, path: str | Path, max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    ) -> tuple[np.ndarray, imageio.SquareGeometry]:
+        """:meth:`load_square` and where that square sits in the stored image (crop box, pad
+        offsets and scale), so maps on the model's input can be put back on the image."""
+        return imageio.load_prepared_geometry(
             Path(path), self.image_size, self.resize, self.crop_border, max_pixels
         )
 

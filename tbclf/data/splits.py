@@ -1,9 +1,10 @@
 """Content hashes, duplicate groups and leakage-free stratified splits (fractions or k folds).
 
-A split is made over *duplicate groups* (byte-identical files), never single files, so an image
-and its copy can never sit on both sides of the train/test line. Groups are ordered by content
-hash before any random draw, so the same seed gives the same split whatever order the records
-arrive in.
+A split is made over *groups*, never single files: byte-identical files, plus whatever
+`link_groups` joins to them (near-duplicates, the images of one patient), so an image and its
+copy, or two images of one patient, can never sit on both sides of the train/test line. Groups
+are ordered by content hash before any random draw, so the same seed gives the same split
+whatever order the records arrive in (and, without links, the same split as before links).
 """
 
 from __future__ import annotations
@@ -120,10 +121,59 @@ def _hash_of(record: Record, hashes: Mapping[Path, str]) -> str:
         raise KeyError(f"no content hash for {record.path}; call hash_files first") from None
 
 
-def _groups(records: Sequence[Record], hashes: Mapping[Path, str]) -> dict[str, list[Record]]:
+def link_groups(
+    records: Sequence[Record], hashes: Mapping[Path, str], *links: Mapping[Path, str]
+) -> dict[Path, str]:
+    """{path: group key}: images sharing a content hash or a key of any `links` mapping are one
+    group (connected components); a group's key is the smallest content hash in it."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:  # the smaller content hash becomes the root
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for r in records:
+        find("h" + _hash_of(r, hashes))
+    for mapping in links:
+        first: dict[str, str] = {}
+        for r in records:
+            key = mapping.get(Path(r.path))
+            if key is None:
+                continue
+            node = "h" + _hash_of(r, hashes)
+            union(first.setdefault(key, node), node)
+    return {Path(r.path): find("h" + _hash_of(r, hashes))[1:] for r in records}
+
+
+def linked_groups(records: Sequence[Record], groups: Mapping[Path, str]) -> list[list[Record]]:
+    """The groups of 2+ images that are more than byte-identical copies, sorted (for reports
+    and the split file)."""
+    by_key: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_key[groups[Path(r.path)]].append(r)
+    out = [
+        sorted(g, key=lambda r: (str(r.path), r.id)) for g in by_key.values() if len(g) > 1
+    ]  # fmt: skip
+    return sorted(out, key=lambda g: str(g[0].path))
+
+
+def _groups(
+    records: Sequence[Record],
+    hashes: Mapping[Path, str],
+    links: Mapping[Path, str] | None = None,
+) -> dict[str, list[Record]]:
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        groups[_hash_of(r, hashes)].append(r)
+        key = links.get(Path(r.path)) if links else None
+        groups[key if key is not None else _hash_of(r, hashes)].append(r)
     for members in groups.values():
         members.sort(key=lambda r: (str(r.path), r.id))
     return dict(groups)
@@ -178,13 +228,15 @@ def _check_labeled(records: Sequence[Record]) -> None:
 
 
 def _strata(
-    records: Sequence[Record], hashes: Mapping[Path, str]
+    records: Sequence[Record],
+    hashes: Mapping[Path, str],
+    groups: Mapping[Path, str] | None = None,
 ) -> dict[tuple[int, str], list[list[Record]]]:
-    """Duplicate groups by (label, source) of their first member, each list sorted by hash."""
+    """Groups by (label, source) of their first member, each list sorted by group key."""
     _check_labeled(records)
     find_duplicates(records, hashes)  # raises on label conflicts
     strata: dict[tuple[int, str], list[tuple[str, list[Record]]]] = defaultdict(list)
-    for digest, members in _groups(records, hashes).items():
+    for digest, members in _groups(records, hashes, groups).items():
         first = members[0]
         strata[(int(first.label), first.source)].append((digest, members))  # type: ignore[arg-type]
     return {k: [m for _, m in sorted(v, key=lambda t: t[0])] for k, v in sorted(strata.items())}
@@ -252,10 +304,12 @@ def make_split(
     seed: int,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    groups: Mapping[Path, str] | None = None,
 ) -> Split:
-    """Stratified (label, source) train/val/test split over duplicate groups, fixed by seed."""
+    """Stratified (label, source) train/val/test split over groups (duplicates, or
+    `link_groups`' keys when given), fixed by seed."""
     _check_fractions(val_fraction, test_fraction)
-    strata = _strata(records, hashes)
+    strata = _strata(records, hashes, groups)
     rng = np.random.default_rng(seed)
     test, rest = _take(strata, test_fraction, rng)
     # val_fraction is of the whole data set, so rescale it to what is left after test.
@@ -266,10 +320,14 @@ def make_split(
 
 
 def fold_assignment(
-    records: Sequence[Record], hashes: Mapping[Path, str], seed: int, num_folds: int
+    records: Sequence[Record],
+    hashes: Mapping[Path, str],
+    seed: int,
+    num_folds: int,
+    groups: Mapping[Path, str] | None = None,
 ) -> dict[Path, int]:
     """{path: fold} with groups dealt round-robin per stratum, so folds are stratified."""
-    strata = _strata(records, hashes)
+    strata = _strata(records, hashes, groups)
     rng = np.random.default_rng(seed)
     out: dict[Path, int] = {}
     offset = 0  # continue dealing where the last stratum stopped: balances fold sizes overall
@@ -289,6 +347,7 @@ def make_fold_split(
     num_folds: int,
     fold: int,
     val_fraction: float = 0.15,
+    groups: Mapping[Path, str] | None = None,
 ) -> Split:
     """test = fold `fold` of a stratified k-fold partition; val = val_fraction of the rest."""
     if not isinstance(num_folds, int) or num_folds < 2:
@@ -296,12 +355,12 @@ def make_fold_split(
     if not 0 <= fold < num_folds:
         raise ConfigError(f"data.fold={fold} must be in 0..{num_folds - 1} for {num_folds} folds.")
     _check_fractions(val_fraction, 0.0)
-    folds = fold_assignment(records, hashes, seed, num_folds)
+    folds = fold_assignment(records, hashes, seed, num_folds, groups)
     test = [r for r in records if folds[Path(r.path)] == fold]
     rest = [r for r in records if folds[Path(r.path)] != fold]
     # A separate stream per fold: the val pick of fold 2 does not depend on folds 0 and 1.
     rng = np.random.default_rng([seed, num_folds, fold])
-    val, train = _take(_strata(rest, hashes), val_fraction, rng)
+    val, train = _take(_strata(rest, hashes, groups), val_fraction, rng)
     split = {
         "train": _flatten(train),
         "val": _flatten(val),

@@ -14,33 +14,24 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES, crop_black_border, read_gray
+from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.layouts import discover
 from tbclf.data.records import Record
-from tbclf.data.splits import hash_files
+from tbclf.data.splits import find_duplicates, hash_files
 from tbclf.data.transforms import PREPROCESSING, contrast_transform
 from tbclf.eda import figures as F
-from tbclf.eda.stats import (
-    IMAGE_METRICS,
-    METRIC_LABELS,
-    MICHELSON_PERCENTILES,
-    RunningImageMoments,
-    file_format,
-    histogram,
-    intensity_stats,
-    pca,
-    summarize,
-)
+from tbclf.eda.collect import ImageLoader, Totals, class_key
+from tbclf.eda.stats import IMAGE_METRICS, MICHELSON_PERCENTILES, pca, summarize
+from tbclf.eda.summary import summary_md
 from tbclf.errors import ConfigError, DataError
 from tbclf.io import (
     atomic_write_bytes,
@@ -53,7 +44,6 @@ from tbclf.io import (
 
 log = logging.getLogger(__name__)
 
-CLASS_KEYS = {0: "healthy", 1: "tb", None: "unlabeled"}
 FIGURES = {
     "counts": "counts.png",
     "sizes": "image_sizes.png",
@@ -66,40 +56,14 @@ FIGURES = {
     "equalization": "equalization_example.png",
 }
 DATA_FILES = ("stats.json", "summary.md", "per_image.csv", "arrays.npz")
+SOURCE_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 
 
-def _class_key(label: int | None) -> str:
-    return CLASS_KEYS.get(label, str(label))
-
-
-def _fit_long_side(img: np.ndarray, size: int) -> np.ndarray:
-    """Shrink (INTER_AREA) or enlarge so the longer side is `size`, aspect ratio kept; the same
-    geometry fit_to_square uses before padding, so padding that result reproduces the cache."""
-    h, w = img.shape
-    scale = size / max(h, w)
-    nh, nw = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
-    if (nh, nw) == (h, w):
-        return img
-    interp = cv2.INTER_AREA if nh <= h and nw <= w else cv2.INTER_LINEAR
-    return cv2.resize(img, (nw, nh), interpolation=interp)
-
-
-def _square(
-    img_fit: np.ndarray, img_full: np.ndarray, size: int, resize: str
-) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """The size x size model view plus the slices of it that hold image (not padding)."""
-    if resize == "squash":
-        sq = (
-            img_full
-            if img_full.shape == (size, size)
-            else cv2.resize(img_full, (size, size), interpolation=cv2.INTER_AREA)
-        )
-        return sq, (slice(0, size), slice(0, size))
-    nh, nw = img_fit.shape
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out = np.zeros((size, size), dtype=np.uint8)
-    out[top : top + nh, left : left + nw] = img_fit
-    return out, (slice(top, top + nh), slice(left, left + nw))
+def _by_class(records: list[Record]) -> dict[Any, list[int]]:
+    by_class: dict[Any, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_class[r.label].append(i)
+    return by_class
 
 
 def _select(records: list[Record], max_images: int | None, seed: int) -> list[Record]:
@@ -109,9 +73,7 @@ def _select(records: list[Record], max_images: int | None, seed: int) -> list[Re
     if max_images < 1:
         raise ConfigError(f"max_images={max_images} must be >= 1 (or None for all images).")
     rng = np.random.default_rng(seed)
-    by_class: dict[Any, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by_class[r.label].append(i)
+    by_class = _by_class(records)
     keys = sorted(by_class, key=lambda k: (k is None, k))
     quota = {k: max(1, round(max_images * len(by_class[k]) / len(records))) for k in keys}
     while sum(quota.values()) > max_images and any(q > 1 for q in quota.values()):
@@ -127,67 +89,167 @@ def _select(records: list[Record], max_images: int | None, seed: int) -> list[Re
 def _pca_sample(records: list[Record], cap: int, seed: int) -> set[int]:
     """Indices (per class at most `cap`) whose downsample is kept for PCA: bounded memory."""
     rng = np.random.default_rng(seed + 1)
-    by_class: dict[Any, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by_class[r.label].append(i)
     keep: set[int] = set()
-    for idx in by_class.values():
+    for idx in _by_class(records).values():
         keep.update(rng.choice(idx, size=min(cap, len(idx)), replace=False).tolist())
     return keep
 
 
-class _Loader:
-    """Reads one image and derives everything the EDA needs from it (runs in worker threads;
-    cv2 and numpy release the GIL for the heavy parts)."""
+def _classes(records: list[Record]) -> list[str]:
+    present = {class_key(r.label) for r in records}
+    ordered = [k for k in ("healthy", "tb", "unlabeled") if k in present]
+    return ordered + sorted(present - set(ordered))
 
-    def __init__(
-        self,
-        views: dict[str, Any],
-        image_size: int,
-        resize: str,
-        crop_border: bool,
-        max_pixels: int,
-        pca_size: int,
-        pca_keep: set[int],
-    ) -> None:
-        self.views = views
-        self.image_size = image_size
-        self.resize = resize
-        self.crop_border = crop_border
-        self.max_pixels = max_pixels
-        self.pca_size = pca_size
-        self.pca_keep = pca_keep
 
-    def __call__(self, item: tuple[int, Record]) -> dict[str, Any]:
-        i, record = item
-        out: dict[str, Any] = {"index": i, "record": record}
-        try:
-            out["header"] = file_format(Path(record.path))
-            full = read_gray(Path(record.path), max_pixels=self.max_pixels)
-        except (DataError, OSError) as exc:
-            out["error"] = str(exc)
-            return out
-        out["decoded_shape"] = full.shape
-        if self.crop_border:
-            full = crop_black_border(full)
-        fit = _fit_long_side(full, self.image_size)
-        square, box = _square(fit, full, self.image_size, self.resize)
-        del full
-        out["fit"] = fit
-        out["squares"] = {}
-        out["stats"] = {}
-        out["hists"] = {}
-        for view, transform in self.views.items():
-            sq = square if transform is None else transform(image=square)["image"]
-            region = sq[box]
-            out["squares"][view] = sq
-            out["stats"][view] = intensity_stats(region)
-            out["hists"][view] = histogram(region)
-        if i in self.pca_keep:
-            out["pca"] = cv2.resize(
-                square, (self.pca_size, self.pca_size), interpolation=cv2.INTER_AREA
-            ).astype(np.float32)
-        return out
+def _collect(
+    records: list[Record], loader: ImageLoader, totals: Totals, workers: int, progress: bool
+) -> Totals:
+    items = list(enumerate(records))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(loader, items) if workers > 1 else map(loader, items)
+        for res in tqdm(results, total=len(items), desc="EDA", unit="img", disable=not progress):
+            totals.add(res)
+    return totals
+
+
+def _duplicates(records: list[Record]) -> dict[str, Any]:
+    """Byte-identical files, grouped as the splitter groups them."""
+    groups = find_duplicates(records, hash_files(records))
+    conflicts = [g for g in groups if len({x.label for x in g}) > 1]
+    return {
+        "n_groups": len(groups),
+        "n_redundant_files": sum(len(g) - 1 for g in groups),
+        "label_conflicts": len(conflicts),
+        "groups": [[x.id for x in g] for g in groups],
+    }
+
+
+def _derived(totals: Totals, pca_components: int) -> dict[str, Any]:
+    """Mean/std images, the class difference and eigen-images, as arrays."""
+    t = totals
+    arrays: dict[str, np.ndarray] = {}
+    for v in t.views:
+        for c in ["all", *t.classes]:
+            arrays[f"mean_{v}_{c}"] = t.moments[v][c].mean.astype(np.float32)
+            arrays[f"std_{v}_{c}"] = t.moments[v][c].std.astype(np.float32)
+    diffs: dict[str, np.ndarray] = {}
+    if all(c in t.classes and t.moments["raw"][c].n for c in ("tb", "healthy")):
+        for v in t.views:
+            diffs[v] = t.moments[v]["tb"].mean - t.moments[v]["healthy"].mean
+            arrays[f"diff_{v}"] = diffs[v].astype(np.float32)
+    pcas: dict[str, dict[str, Any]] = {}
+    for c in t.classes:
+        stack = t.pca_stacks.get(c)
+        if stack and len(stack) >= 2:
+            res = pca(np.stack(stack), pca_components)
+            res["n_images"] = len(stack)
+            pcas[c] = res
+            arrays[f"pca_{c}_components"] = res["components"].astype(np.float32)
+            arrays[f"pca_{c}_mean"] = res["mean"].astype(np.float32)
+    return {"arrays": arrays, "diffs": diffs, "pcas": pcas}
+
+
+def _figures(
+    totals: Totals, derived: dict[str, Any], out_dir: Path, clahe: tuple[float, int]
+) -> dict[str, str]:
+    """Draw and write every figure; returns name -> file name of those drawn."""
+    t = totals
+    drawn: dict[str, str] = {}
+
+    def emit(name: str, make) -> None:
+        save_figure(make(), out_dir / FIGURES[name])
+        drawn[name] = FIGURES[name]
+
+    means = {v: {c: t.moments[v][c].mean for c in t.classes} for v in t.views}
+    stds = {v: {c: t.moments[v][c].std for c in t.classes} for v in t.views}
+    emit("counts", lambda: F.counts_figure({s: dict(c) for s, c in t.counts.items()}, t.classes))
+    emit("sizes", lambda: F.sizes_figure(t.size_points))
+    emit("mean_std", lambda: F.mean_std_figure(means, stds, t.classes))
+    if derived["diffs"]:
+        emit("difference", lambda: F.difference_figure(derived["diffs"]))
+    by_class = {v: {c: t.values[v][c] for c in t.classes} for v in t.views}
+    title = "Per-image intensity and contrast by"
+    emit("variability", lambda: F.distributions_figure(by_class, t.classes, f"{title} class"))
+    sources = sorted(t.by_source)
+    palette = {s: SOURCE_COLORS[i % len(SOURCE_COLORS)] for i, s in enumerate(sources)}
+    emit(
+        "by_source",
+        lambda: F.distributions_figure(
+            {"raw": t.by_source}, sources, f"{title} source", colors=palette
+        ),
+    )
+    hists = {v: {c: t.moments[v][c].hist for c in t.classes} for v in t.views}
+    emit("histograms", lambda: F.histograms_figure(hists, t.classes))
+    if derived["pcas"]:
+        emit("eigen", lambda: F.eigen_figure(derived["pcas"]))
+    if t.example is not None:
+        img, rec = t.example
+        caption = f"Contrast enhancement on {rec.id} ({class_key(rec.label)}, {rec.source})"
+        emit("equalization", lambda: F.equalization_figure(img, *clahe, caption))
+    return drawn
+
+
+def _stats_doc(
+    totals: Totals, derived: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The content of stats.json."""
+    t = totals
+    groups = ["all", *t.classes]
+    return {
+        **meta,
+        "settings": {**settings, "michelson_percentiles": list(MICHELSON_PERCENTILES)},
+        "views": list(t.views),
+        "classes": t.classes,
+        "counts": {
+            "by_class": {c: sum(t.counts[s][c] for s in t.counts) for c in t.classes},
+            "by_source": {
+                s: {**{c: t.counts[s][c] for c in t.classes}, "total": sum(t.counts[s].values())}
+                for s in sorted(t.counts)
+            },
+        },
+        "image_sizes": {s: dict(t.sizes[s].most_common()) for s in sorted(t.sizes)},
+        "bit_depths": {s: dict(t.depths[s].most_common()) for s in sorted(t.depths)},
+        "unreadable": t.unreadable,
+        "intensity": {
+            v: {c: {m: summarize(t.values[v][c][m]) for m in IMAGE_METRICS} for c in groups}
+            for v in t.views
+        },
+        "intensity_by_source": {
+            s: {m: summarize(t.by_source[s][m]) for m in IMAGE_METRICS} for s in sorted(t.by_source)
+        },
+        "mean_image": {
+            v: {
+                c: {
+                    "mean": float(t.moments[v][c].mean.mean()),
+                    "mean_pixel_std": float(t.moments[v][c].std.mean()),
+                }
+                for c in groups
+            }
+            for v in t.views
+        },
+        "class_difference": {
+            v: {
+                "mean": float(d.mean()),
+                "min": float(d.min()),
+                "max": float(d.max()),
+                "mean_abs": float(np.abs(d).mean()),
+            }
+            for v, d in derived["diffs"].items()
+        },
+        "pca": {
+            c: {
+                "n_images": int(p["n_images"]),
+                "explained_variance_ratio": [float(x) for x in p["explained_variance_ratio"]],
+            }
+            for c, p in derived["pcas"].items()
+        },
+    }
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]], views: Sequence[str]) -> None:
+    fields = ["id", "source", "label", "path", "width", "height", "format", "bit_depth", "color"]
+    fields += [f"{m}_{v}" for v in views for m in IMAGE_METRICS]
+    write_csv_dicts(path, fields, rows)
 
 
 def run_eda(
@@ -242,35 +304,15 @@ def run_eda(
         raise ConfigError(f"resize={resize!r} is not one of {RESIZE_MODES}.")
     if image_size < 8 or pca_size < 4:
         raise ConfigError(f"image_size={image_size} must be >= 8 and pca_size={pca_size} >= 4.")
-    out_dir = check_can_write(out, [*DATA_FILES, *FIGURES.values()], overwrite)
     root = Path(root)
-    found = discover(root, layout)
+    found = discover(root, layout)  # before the output folder exists: a bad root leaves none
+    out_dir = check_can_write(out, [*DATA_FILES, *FIGURES.values()], overwrite)
     records = _select(found, max_images, seed)
     views: dict[str, Any] = {"raw": None}
     if preprocessing != "none":
         views[preprocessing] = contrast_transform(preprocessing, clahe_clip_limit, clahe_tile_grid)
-    classes = [
-        k for k in ("healthy", "tb", "unlabeled") if any(_class_key(r.label) == k for r in records)
-    ]
-    classes += sorted({_class_key(r.label) for r in records} - set(classes))
-    shape = (image_size, image_size)
-    moments = {v: {c: RunningImageMoments(shape) for c in ["all", *classes]} for v in views}
-    values: dict[str, dict[str, dict[str, list[float]]]] = {
-        v: {c: {m: [] for m in IMAGE_METRICS} for c in ["all", *classes]} for v in views
-    }
-    by_source_vals: dict[str, dict[str, list[float]]] = defaultdict(
-        lambda: {m: [] for m in IMAGE_METRICS}
-    )
-    pca_stacks: dict[str, list[np.ndarray]] = defaultdict(list)
-    counts: dict[str, Counter] = defaultdict(Counter)
-    sizes: dict[str, Counter] = defaultdict(Counter)
-    size_points: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    depths: dict[str, Counter] = defaultdict(Counter)
-    unreadable: list[dict[str, str]] = []
-    rows: list[dict[str, Any]] = []
-    example: tuple[np.ndarray, Record] | None = None
-
-    loader = _Loader(
+    totals = Totals(list(views), _classes(records), image_size)
+    loader = ImageLoader(
         views,
         image_size,
         resize,
@@ -279,402 +321,43 @@ def run_eda(
         pca_size,
         _pca_sample(records, max_pca_images, seed),
     )
-    items = list(enumerate(records))
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        results = pool.map(loader, items) if num_workers > 1 else map(loader, items)
-        for res in tqdm(results, total=len(items), desc="EDA", unit="img", disable=not progress):
-            r: Record = res["record"]
-            if "error" in res:
-                unreadable.append({"id": r.id, "path": str(r.path), "error": res["error"]})
-                continue
-            cls = _class_key(r.label)
-            counts[r.source][cls] += 1
-            hdr = res["header"]
-            h, w = res["decoded_shape"]
-            sizes[r.source][f"{w}x{h}"] += 1
-            size_points[r.source].append((w, h))
-            depth = f"{hdr['format']} {hdr['bit_depth']}-bit {hdr['color']}"
-            depths[r.source][depth] += 1
-            row: dict[str, Any] = {
-                "id": r.id,
-                "source": r.source,
-                "label": r.label,
-                "path": str(r.path),
-                "width": w,
-                "height": h,
-                "format": hdr["format"],
-                "bit_depth": hdr["bit_depth"],
-                "color": hdr["color"],
-            }
-            for view in views:
-                sq = res["squares"][view]
-                st = res["stats"][view]
-                for group in ("all", cls):
-                    moments[view][group].add(sq)
-                    for m in IMAGE_METRICS:
-                        values[view][group][m].append(st[m])
-                for m in IMAGE_METRICS:
-                    row[f"{m}_{view}"] = round(st[m], 6)
-            for m in IMAGE_METRICS:
-                by_source_vals[r.source][m].append(res["stats"]["raw"][m])
-            if "pca" in res:
-                pca_stacks[cls].append(res["pca"])
-            if example is None or (example[1].label != 1 and r.label == 1):
-                example = (res["fit"], r)
-            rows.append(row)
-    n_ok = len(rows)
-    if n_ok == 0:
+    _collect(records, loader, totals, num_workers, progress)
+    if not totals.rows:
+        first = totals.unreadable[0]["error"] if totals.unreadable else "none"
         raise DataError(
-            f"None of the {len(records)} images under {root} could be read; first error: "
-            f"{unreadable[0]['error'] if unreadable else 'none'}"
+            f"None of the {len(records)} images under {root} could be read; first error: {first}"
         )
-
-    # Duplicates: byte-identical files (the hash the splitter uses to keep copies together).
-    hashes = hash_files(records)
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        groups[hashes[Path(r.path)]].append(r)
-    dup_groups = sorted((g for g in groups.values() if len(g) > 1), key=lambda g: str(g[0].path))
-    conflicts = [g for g in dup_groups if len({x.label for x in g}) > 1]
-
-    # Arrays and PCA.
-    arrays: dict[str, np.ndarray] = {}
-    means = {v: {c: moments[v][c].mean for c in classes} for v in views}
-    stds = {v: {c: moments[v][c].std for c in classes} for v in views}
-    for v in views:
-        for c in ["all", *classes]:
-            arrays[f"mean_{v}_{c}"] = moments[v][c].mean.astype(np.float32)
-            arrays[f"std_{v}_{c}"] = moments[v][c].std.astype(np.float32)
-    diffs: dict[str, np.ndarray] = {}
-    if all(c in classes and moments["raw"][c].n for c in ("tb", "healthy")):
-        for v in views:
-            diffs[v] = moments[v]["tb"].mean - moments[v]["healthy"].mean
-            arrays[f"diff_{v}"] = diffs[v].astype(np.float32)
-    pcas: dict[str, dict[str, Any]] = {}
-    for c in classes:
-        stack = pca_stacks.get(c)
-        if stack and len(stack) >= 2:
-            res = pca(np.stack(stack), pca_components)
-            res["n_images"] = len(stack)
-            pcas[c] = res
-            arrays[f"pca_{c}_components"] = res["components"].astype(np.float32)
-            arrays[f"pca_{c}_mean"] = res["mean"].astype(np.float32)
-
-    # Figures.
-    fig_files: dict[str, str] = {}
-
-    def emit(name: str, make) -> None:
-        if figures:
-            save_figure(make(), out_dir / FIGURES[name])
-            fig_files[name] = FIGURES[name]
-
-    by_source_counts = {s: dict(c) for s, c in counts.items()}
-    emit("counts", lambda: F.counts_figure(by_source_counts, classes))
-    emit("sizes", lambda: F.sizes_figure(size_points))
-    emit("mean_std", lambda: F.mean_std_figure(means, stds, classes))
-    if diffs:
-        emit("difference", lambda: F.difference_figure(diffs))
-    emit(
-        "variability",
-        lambda: F.distributions_figure(
-            {v: {c: values[v][c] for c in classes} for v in views},
-            classes,
-            "Per-image intensity and contrast by class",
-        ),
+    derived = _derived(totals, pca_components)
+    drawn = (
+        _figures(totals, derived, out_dir, (clahe_clip_limit, clahe_tile_grid)) if figures else {}
     )
-    src_names = sorted(by_source_vals)
-    palette = dict(
-        zip(
-            src_names,
-            ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
-            * 4,
-            strict=False,
-        )
-    )
-    emit(
-        "by_source",
-        lambda: F.distributions_figure(
-            {"raw": by_source_vals},
-            src_names,
-            "Per-image intensity and contrast by source",
-            colors=palette,
-        ),
-    )
-    emit(
-        "histograms",
-        lambda: F.histograms_figure(
-            {v: {c: moments[v][c].hist for c in classes} for v in views}, classes
-        ),
-    )
-    if pcas:
-        emit("eigen", lambda: F.eigen_figure(pcas))
-    if example is not None:
-        ex_img, ex_rec = example
-        emit(
-            "equalization",
-            lambda: F.equalization_figure(
-                ex_img,
-                clahe_clip_limit,
-                clahe_tile_grid,
-                f"Contrast enhancement on {ex_rec.id} "
-                f"({_class_key(ex_rec.label)}, {ex_rec.source})",
-            ),
-        )
-
-    elapsed = time.perf_counter() - t0
-    stats: dict[str, Any] = {
+    meta = {
         "root": str(root),
         "layout": layout,
         "n_found": len(found),
-        "n_analysed": n_ok,
+        "n_analysed": len(totals.rows),
         "subset": None if len(records) == len(found) else {"max_images": max_images, "seed": seed},
-        "settings": {
-            "image_size": image_size,
-            "resize": resize,
-            "crop_border": crop_border,
-            "preprocessing": preprocessing,
-            "clahe_clip_limit": clahe_clip_limit,
-            "clahe_tile_grid": clahe_tile_grid,
-            "pca_size": pca_size,
-            "michelson_percentiles": list(MICHELSON_PERCENTILES),
-        },
-        "views": list(views),
-        "classes": classes,
-        "counts": {
-            "by_class": {c: sum(counts[s][c] for s in counts) for c in classes},
-            "by_source": {
-                s: {**{c: counts[s][c] for c in classes}, "total": sum(counts[s].values())}
-                for s in sorted(counts)
-            },
-        },
-        "image_sizes": {s: dict(sizes[s].most_common()) for s in sorted(sizes)},
-        "bit_depths": {s: dict(depths[s].most_common()) for s in sorted(depths)},
-        "duplicates": {
-            "n_groups": len(dup_groups),
-            "n_redundant_files": sum(len(g) - 1 for g in dup_groups),
-            "label_conflicts": len(conflicts),
-            "groups": [[x.id for x in g] for g in dup_groups],
-        },
-        "unreadable": unreadable,
-        "intensity": {
-            v: {
-                c: {m: summarize(values[v][c][m]) for m in IMAGE_METRICS} for c in ["all", *classes]
-            }
-            for v in views
-        },
-        "intensity_by_source": {
-            s: {m: summarize(by_source_vals[s][m]) for m in IMAGE_METRICS} for s in src_names
-        },
-        "mean_image": {
-            v: {
-                c: {
-                    "mean": float(moments[v][c].mean.mean()),
-                    "mean_pixel_std": float(moments[v][c].std.mean()),
-                }
-                for c in ["all", *classes]
-            }
-            for v in views
-        },
-        "class_difference": {
-            v: {
-                "mean": float(d.mean()),
-                "min": float(d.min()),
-                "max": float(d.max()),
-                "mean_abs": float(np.abs(d).mean()),
-            }
-            for v, d in diffs.items()
-        },
-        "pca": {
-            c: {
-                "n_images": int(p["n_images"]),
-                "explained_variance_ratio": [float(x) for x in p["explained_variance_ratio"]],
-            }
-            for c, p in pcas.items()
-        },
-        "figures": fig_files,
-        "elapsed_s": round(elapsed, 2),
+        "duplicates": _duplicates(records),
     }
+    settings = {
+        "image_size": image_size,
+        "resize": resize,
+        "crop_border": crop_border,
+        "preprocessing": preprocessing,
+        "clahe_clip_limit": clahe_clip_limit,
+        "clahe_tile_grid": clahe_tile_grid,
+        "pca_size": pca_size,
+    }
+    stats = _stats_doc(totals, derived, meta, settings)
+    stats["figures"] = drawn
+    stats["elapsed_s"] = round(time.perf_counter() - t0, 2)
     np_buf = io.BytesIO()
-    np.savez_compressed(np_buf, **arrays)
+    np.savez_compressed(np_buf, **derived["arrays"])
     atomic_write_bytes(out_dir / "arrays.npz", np_buf.getvalue())
-    _write_rows(out_dir / "per_image.csv", rows, list(views))
+    _write_rows(out_dir / "per_image.csv", totals.rows, list(views))
     atomic_write_json(out_dir / "stats.json", stats)
-    atomic_write_text(out_dir / "summary.md", _summary_md(stats))
-    log.info("EDA of %d images written to %s in %.1f s", n_ok, out_dir, elapsed)
-    return stats
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]], views: Sequence[str]) -> None:
-    fields = ["id", "source", "label", "path", "width", "height", "format", "bit_depth", "color"]
-    fields += [f"{m}_{v}" for v in views for m in IMAGE_METRICS]
-    write_csv_dicts(path, fields, rows)
-
-
-def _img(fig: dict[str, str], key: str, alt: str) -> str:
-    """Markdown image with a relative link, or nothing when the figure was not drawn."""
-    return f"![{alt}]({fig[key]})" if key in fig else ""
-
-
-def _f(v: Any, digits: int = 2) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def _summary_md(s: dict[str, Any]) -> str:
-    classes = s["classes"]
-    views = s["views"]
-    fig = s["figures"]
-    st = s["settings"]
-    lines = [
-        "# Exploratory data analysis",
-        "",
-        f"Data: `{s['root']}` (layout {s['layout']}). Analysed {s['n_analysed']} of "
-        f"{s['n_found']} images"
-        + (f" (seeded class-stratified subset, seed {s['subset']['seed']})" if s["subset"] else "")
-        + f", reduced to {st['image_size']}x{st['image_size']} ({st['resize']}, crop_border="
-        f"{st['crop_border']}); preprocessing shown: {st['preprocessing']}. "
-        f"Took {s['elapsed_s']:.1f} s.",
-        "",
-        "## Counts",
-        "",
-        "| source | " + " | ".join(classes) + " | total |",
-        "|---|" + "---|" * (len(classes) + 1),
-    ]
-    for src, c in s["counts"]["by_source"].items():
-        lines.append(f"| {src} | " + " | ".join(str(c[k]) for k in classes) + f" | {c['total']} |")
-    total = s["counts"]["by_class"]
-    lines.append(
-        "| **all** | "
-        + " | ".join(f"**{total[k]}**" for k in classes)
-        + f" | **{sum(total.values())}** |"
+    atomic_write_text(out_dir / "summary.md", summary_md(stats))
+    log.info(
+        "EDA of %d images written to %s in %.1f s", len(totals.rows), out_dir, stats["elapsed_s"]
     )
-    lines += ["", _img(fig, "counts", "counts"), ""]
-    lines += [
-        "Class balance differs between sources. A model can then learn *which hospital* an image "
-        "comes from (scanner, export, text markers) instead of *what the lungs show*: check the "
-        "per-source metrics in the evaluation report.",
-        "",
-        "## Stored sizes and bit depths",
-        "",
-        "| source | sizes (width x height: count) | encodings |",
-        "|---|---|---|",
-    ]
-    for src in s["image_sizes"]:
-        sz = s["image_sizes"][src]
-        top = ", ".join(f"{k}: {v}" for k, v in list(sz.items())[:4])
-        if len(sz) > 4:
-            top += f", … ({len(sz)} distinct)"
-        enc = ", ".join(f"{k}: {v}" for k, v in s["bit_depths"][src].items())
-        lines.append(f"| {src} | {top} | {enc} |")
-    lines += ["", _img(fig, "sizes", "sizes"), ""]
-    d = s["duplicates"]
-    lines += ["## Duplicates", ""]
-    if d["n_groups"]:
-        lines.append(
-            f"{d['n_groups']} groups of byte-identical files ({d['n_redundant_files']} redundant "
-            f"copies; {d['label_conflicts']} with conflicting labels). Splits keep each group on "
-            "one side, so copies never leak from training into test:"
-        )
-        lines.append("")
-        for g in d["groups"][:30]:
-            lines.append("- " + " = ".join(f"`{x}`" for x in g))
-        if d["n_groups"] > 30:
-            lines.append(f"- … {d['n_groups'] - 30} more (stats.json)")
-    else:
-        lines.append("No byte-identical files found.")
-    if s["unreadable"]:
-        lines += ["", f"**{len(s['unreadable'])} unreadable images** (skipped):", ""]
-        lines += [f"- `{u['path']}`: {u['error']}" for u in s["unreadable"][:20]]
-    lines += [
-        "",
-        "## Mean and standard-deviation images",
-        "",
-        "Pixel-wise mean and standard deviation over all images of a class, as decoded and after "
-        "the preprocessing the model sees. Sharp structures in the mean (text markers, borders) "
-        "sit in the same place in many images; bright areas in the std image vary most.",
-        "",
-        _img(fig, "mean_std", "mean and std images"),
-        "",
-    ]
-    if s["class_difference"]:
-        lines += [
-            "Difference of the class means (TB − healthy; red: brighter on average in TB). "
-            "Differences outside the lungs (borders, markers, overall brightness) point to "
-            "acquisition differences between the classes rather than disease.",
-            "",
-            _img(fig, "difference", "class difference"),
-            "",
-            "| view | mean difference | min | max | mean absolute |",
-            "|---|---|---|---|---|",
-        ]
-        for v, cd in s["class_difference"].items():
-            lines.append(
-                f"| {v} | {_f(cd['mean'])} | {_f(cd['min'])} | {_f(cd['max'])} | "
-                f"{_f(cd['mean_abs'])} |"
-            )
-        lines.append("")
-    lines += [
-        "## Variability: intensity and contrast per image",
-        "",
-        "RMS contrast = standard deviation of the intensities scaled to [0, 1]; Michelson "
-        "contrast = (p99 − p1)/(p99 + p1) of the intensities (robust percentiles instead of "
-        "max/min so a single marker does not dominate). Median [interquartile range]:",
-        "",
-        "| view | class | " + " | ".join(METRIC_LABELS[m] for m in IMAGE_METRICS) + " |",
-        "|---|---|" + "---|" * len(IMAGE_METRICS),
-    ]
-    for v in views:
-        for c in ["all", *classes]:
-            cells = []
-            for m in IMAGE_METRICS:
-                q = s["intensity"][v][c][m]
-                digits = 1 if m in ("mean", "std") else 3
-                cells.append(
-                    f"{_f(q['median'], digits)} [{_f(q['p25'], digits)}, {_f(q['p75'], digits)}]"
-                )
-            lines.append(f"| {v} | {c} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        _img(fig, "variability", "variability by class"),
-        "",
-        "The same measures by source (as decoded): sources that differ here are easy for a model "
-        "to tell apart.",
-        "",
-        _img(fig, "by_source", "variability by source"),
-        "",
-        "## Intensity histograms",
-        "",
-        _img(fig, "histograms", "histograms"),
-        "",
-    ]
-    if "equalization" in fig:
-        lines += [
-            "Global histogram equalisation flattens the CDF of the whole image and over-amplifies "
-            "the background and noise; CLAHE equalises small tiles with a clip limit, which "
-            "brings out lung texture while keeping the overall look.",
-            "",
-            _img(fig, "equalization", "equalisation example"),
-            "",
-        ]
-    if s["pca"]:
-        lines += [
-            "## Eigen-images",
-            "",
-            f"Principal components of each class on {st['pca_size']}x{st['pca_size']} "
-            "downsamples (as decoded). The first components usually capture brightness, "
-            "patient size and positioning rather than pathology.",
-            "",
-            _img(fig, "eigen", "eigen-images"),
-            "",
-            "| class | images | explained variance of the top components |",
-            "|---|---|---|",
-        ]
-        for c, p in s["pca"].items():
-            ev = ", ".join(f"{100 * x:.1f}%" for x in p["explained_variance_ratio"])
-            lines.append(f"| {c} | {p['n_images']} | {ev} |")
-        lines.append("")
-    lines += [
-        "Files: `stats.json` (all numbers), `per_image.csv` (one row per image), "
-        "`arrays.npz` (mean/std/difference images and eigen-images).",
-        "",
-    ]
-    return "\n".join(lines)
+    return stats

@@ -6,10 +6,6 @@ whatever the originals' resolution (running sums, never a stack of all images).
 
 from __future__ import annotations
 
-import struct
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 # Robust percentiles for Michelson contrast: a single burned-in white letter or a black
@@ -151,62 +147,3 @@ def pca(images: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
         "explained_variance_ratio": ratio,
         "singular_values": s[:k],
     }
-
-
-_PNG_COLOR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def file_format(path: Path, head_bytes: int = 1 << 16) -> dict[str, Any]:
-    """Format, stored size, bit depth and colour layout from the file header (no decode).
-
-    PNG: IHDR width, height, bit depth and colour type. JPEG: the start-of-frame marker's
-    precision, size and component count. Unknown or truncated headers give format "unknown".
-    """
-    with open(path, "rb") as f:
-        data = f.read(head_bytes)
-    info: dict[str, Any] = {
-        "format": "unknown",
-        "width": None,
-        "height": None,
-        "bit_depth": None,
-        "color": None,
-    }
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 26 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        info.update(
-            format="png",
-            width=width,
-            height=height,
-            bit_depth=int(data[24]),
-            color=_PNG_COLOR_TYPES.get(data[25], f"type{data[25]}"),
-        )
-        return info
-    if data.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 4 <= len(data) and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker == 0xFF:
-                i += 1
-                continue
-            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-            if marker in _JPEG_SOF and i + 10 <= len(data):
-                precision = data[i + 4]
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                comps = data[i + 9]
-                info.update(
-                    format="jpeg",
-                    width=width,
-                    height=height,
-                    bit_depth=int(precision),
-                    color={1: "gray", 3: "RGB/YCbCr", 4: "CMYK"}.get(comps, f"{comps}ch"),
-                )
-                return info
-            if marker == 0xDA:
-                break
-            i += 2 + length
-        info["format"] = "jpeg"
-    return info

@@ -15,38 +15,33 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from tbclf.engine.provenance import module_threshold, threshold_info_of
+from tbclf.engine.rundir import run_dir_of
 from tbclf.evaluation.report import write_report
 
 log = logging.getLogger(__name__)
 
-# The module's test_outputs keys (module.py) and the longer names some callers use.
-_KEYS = {
-    "prob": ("prob", "probs"),
-    "label": ("label", "labels"),
-    "id": ("id", "ids"),
-    "source": ("source", "sources"),
-}
+
+def _held_out(trainer: pl.Trainer) -> bool | None:
+    """True when the test images are the checkpoint's own run's test split (its split.json),
+    which took no part in training; None when that is not known."""
+    ckpt = trainer.ckpt_path
+    split_file = getattr(getattr(trainer, "datamodule", None), "split_file", None)
+    run_dir = run_dir_of(ckpt) if ckpt else None
+    if run_dir is None or split_file is None:
+        return None
+    try:
+        same = Path(split_file).resolve() == (run_dir / "split.json").resolve()
+    except OSError:
+        return None
+    return True if same else None
 
 
-def _get(outputs: dict[str, Any], key: str) -> Any:
-    for name in _KEYS[key]:
-        if name in outputs and outputs[name] is not None:
-            return outputs[name]
-    return None
-
-
-def threshold_info_of(pl_module: pl.LightningModule) -> dict[str, Any]:
-    """How the module's threshold was chosen (strategy and target, on validation)."""
-    info = getattr(pl_module, "threshold_info", None)
-    if isinstance(info, dict):
-        return dict(info)
-    out: dict[str, Any] = {"source": "validation"}
-    strategy = getattr(pl_module, "threshold_strategy", None)
-    if strategy is not None:
-        out["strategy"] = str(strategy)
-        if strategy == "sensitivity":
-            out["target_sensitivity"] = float(getattr(pl_module, "target_sensitivity", 0.9))
-    return out
+def _column(outputs: dict[str, Any], key: str, keep: np.ndarray) -> list[str] | None:
+    values = outputs.get(key)
+    if values is None:
+        return None
+    return [str(v) for v, k in zip(values, keep, strict=True) if k]
 
 
 class ReportCallback(Callback):
@@ -54,7 +49,7 @@ class ReportCallback(Callback):
 
     Args:
         subdir: Folder inside the run's log folder.
-        n_boot: Bootstrap replicates for the confidence intervals.
+        n_boot: Bootstrap replicates of the F1 interval (the others are exact or DeLong).
         seed: Bootstrap seed.
         log_figures: Also add the figures to TensorBoard (loggers that have add_figure).
     """
@@ -71,20 +66,26 @@ class ReportCallback(Callback):
         self.last_report: dict[str, Any] | None = None
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return  # test_outputs are gathered from all ranks; one writer is enough
+        # trainer.log_dir is a broadcast under DDP: every rank must ask, or rank 0 waits in it
+        # for ranks that have left ("Connection closed by peer").
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        try:
+            if trainer.is_global_zero:  # test_outputs are gathered from all ranks: one writer
+                self._write(trainer, pl_module, Path(log_dir))
+        finally:  # the other ranks wait for the report, and never for a rank that failed
+            trainer.strategy.barrier("ReportCallback.on_test_end")
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log_dir: Path) -> None:
         outputs = getattr(pl_module, "test_outputs", None)
-        if not outputs or _get(outputs, "prob") is None:
+        if not outputs or outputs.get("prob") is None:
             warnings.warn(
                 "ReportCallback: the module has no test_outputs; no report written",
                 RuntimeWarning,
                 stacklevel=2,
             )
             return
-        probs = np.asarray(_get(outputs, "prob"), dtype=np.float64).reshape(-1)
-        labels = np.asarray(_get(outputs, "label"), dtype=np.float64).reshape(-1)
-        ids = _get(outputs, "id")
-        sources = _get(outputs, "source")
+        probs = np.asarray(outputs["prob"], dtype=np.float64).reshape(-1)
+        labels = np.asarray(outputs["label"], dtype=np.float64).reshape(-1)
         keep = ~np.isnan(labels)
         if not keep.any():
             warnings.warn(
@@ -95,14 +96,8 @@ class ReportCallback(Callback):
             return
         if not keep.all():
             log.warning("report: %d unlabeled test images left out", int((~keep).sum()))
-        ids = None if ids is None else [str(i) for i, k in zip(ids, keep, strict=True) if k]
-        sources = (
-            None if sources is None else [str(s) for s, k in zip(sources, keep, strict=True) if k]
-        )
-        threshold = getattr(pl_module, "threshold", 0.5)
-        threshold = float(threshold.item() if hasattr(threshold, "item") else threshold)
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        out = Path(log_dir) / self.subdir
+        threshold = module_threshold(pl_module)
+        out = log_dir / self.subdir
         step = trainer.global_step
         experiments = (
             [
@@ -123,9 +118,11 @@ class ReportCallback(Callback):
             labels[keep],
             threshold,
             out,
-            sources=sources,
-            ids=ids,
-            threshold_info=threshold_info_of(pl_module),
+            sources=_column(outputs, "source", keep),
+            ids=_column(outputs, "id", keep),
+            views=_column(outputs, "view", keep),
+            held_out=_held_out(trainer),
+            threshold_info=threshold_info_of(pl_module, trainer.ckpt_path),
             n_boot=self.n_boot,
             seed=self.seed,
             split_name="test",

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from tbclf.errors import ConfigError
+from tbclf.io import atomic_write_text
 
 VERSION_ENV = "TBCLF_RUN_VERSION"
+STAGE_ENV = "TBCLF_STAGE_VERSION"
 _VERSION_RE = re.compile(r"^version_(\d+)$")
+# What a run writes before it has produced anything of its own; a failed run with only these
+# is removed, so runs/ lists real runs.
+_BOOKKEEPING = re.compile(
+    r"^(events\.out\.tfevents\..*|hparams\.yaml|config.*\.yaml|split.*\.json)$"
+)
+# Folders claimed by this process (a new run or a later stage's folder), for discard_failed().
+CLAIMED: list[Path] = []
 
 
 def existing_versions(save_dir: str | os.PathLike, name: str) -> list[int]:
@@ -40,9 +51,53 @@ def claim_version(save_dir: str | os.PathLike, name: str) -> int:
     while True:
         try:
             (base / f"version_{candidate}").mkdir()
-            return candidate
         except FileExistsError:
             candidate += 1
+            continue
+        CLAIMED.append(base / f"version_{candidate}")
+        return candidate
+
+
+def stage_version(run_dir: Path, stage: str) -> str:
+    """The logger version of a later stage (test, validate, predict) of a run:
+    ``version_N/<stage>-<time>``, a fresh folder inside the run claimed with an exclusive mkdir.
+
+    Later stages keep their TensorBoard events, config, split and report apart from training's,
+    so TensorBoard shows one training curve per run and no stage overwrites another's files.
+    DDP workers reuse the folder their launcher claimed.
+    """
+    inherited = os.environ.get(STAGE_ENV)
+    if inherited is not None and os.environ.get("LOCAL_RANK") not in (None, "0"):
+        return inherited
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        name = f"{stage}-{stamp}" + (f"-{k}" if k else "")
+        try:
+            (run_dir / name).mkdir()
+        except FileExistsError:
+            continue
+        CLAIMED.append(run_dir / name)
+        version = f"{run_dir.name}/{name}"
+        os.environ[STAGE_ENV] = version
+        return version
+    raise ConfigError(f"cannot claim a {stage} folder in {run_dir}")
+
+
+def discard_failed(error: BaseException | str) -> None:
+    """After a failed command: remove the folders it claimed that hold nothing but bookkeeping
+    files, and mark the others (a run that wrote checkpoints) with failed.txt."""
+    while CLAIMED:
+        folder = CLAIMED.pop()
+        if not folder.is_dir():
+            continue
+        made = [p for p in folder.rglob("*") if p.is_file() and not _BOOKKEEPING.match(p.name)]
+        if not made:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        try:
+            atomic_write_text(folder / "failed.txt", f"{type(error).__name__}: {error}\n")
+        except OSError:
+            pass  # a full disk: the error being reported already says so
 
 
 def find_checkpoint(save_dir: str | os.PathLike, name: str, which: str) -> Path:
@@ -74,7 +129,11 @@ class RunLogger(TensorBoardLogger):
     """
 
     def __init__(
-        self, save_dir: str = "runs", name: str = "tbclf", version: int | None = None, **kwargs
+        self,
+        save_dir: str = "runs",
+        name: str = "tbclf",
+        version: int | str | None = None,
+        **kwargs,
     ) -> None:
         if version is None:
             inherited = os.environ.get(VERSION_ENV)

@@ -1,4 +1,6 @@
-"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) once predict has finished."""
+"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) once predict has finished,
+and beside it `predictions.json`: the threshold behind DECISION and where it came from, the
+model class and input spec, so `tbclf report` never has to guess them from the CSV."""
 
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from tbclf.engine.predictions import FIELDS, check_output_free, write_predictions
+from tbclf.engine.provenance import model_record
 from tbclf.errors import ConfigError
+from tbclf.evaluation.report import sidecar_path
+from tbclf.io import atomic_write_json
 
 __all__ = ["FIELDS", "PredictionWriter"]
 
@@ -22,8 +27,10 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         output: CSV path. Default: `predictions.csv` in the checkpoint's run folder (or the
             trainer's log folder when the checkpoint sits elsewhere).
-        overwrite: replace an existing file. Without it an existing file stops the run before any
-            image is predicted, so a user's earlier predictions are never lost.
+        overwrite: replace existing files. Without it an existing CSV or sidecar stops the run
+            before any image is predicted, so a user's earlier predictions are never lost.
+
+    The sidecar is the CSV's path with ``.json`` (``predictions.json``).
     """
 
     def __init__(self, output: str | None = None, overwrite: bool = False) -> None:
@@ -40,7 +47,14 @@ class PredictionWriter(BasePredictionWriter):
         return folder / "predictions.csv"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_output_free(self.resolve_output(trainer), self.overwrite)
+        path = self.resolve_output(trainer)
+        if path.suffix.lower() == ".json":
+            raise ConfigError(
+                f"--writer.output {path}: the CSV needs another suffix than .json (its sidecar "
+                "is the same path with .json)."
+            )
+        for existing in (path, sidecar_path(path)):
+            check_output_free(existing, self.overwrite)
         if trainer.world_size > 1:
             raise ConfigError(
                 "predict writes one CSV from one process: run it with --trainer.devices 1 "
@@ -55,9 +69,22 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: Any,
     ) -> None:
         rows = list(_rows(predictions))
-        path = write_predictions(self.resolve_output(trainer), rows)
+        if not rows:
+            raise ConfigError("predict produced no rows: is data.predict_root empty?")
+        path = self.resolve_output(trainer)
+        sidecar = sidecar_path(path)
+        # A stale sidecar must never describe new rows: gone before the CSV changes, written
+        # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
+        sidecar.unlink(missing_ok=True)
+        path = write_predictions(path, rows)
         self.written = path
-        print(f"wrote {len(rows)} predictions to {path}")
+        if pl_module is None:  # called outside a predict loop: no model to describe
+            print(f"wrote {len(rows)} predictions to {path}")
+            return
+        ckpt = getattr(trainer, "ckpt_path", None)
+        record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
+        atomic_write_json(sidecar, {"predictions_csv": path.name, "n": len(rows), **record})
+        print(f"wrote {len(rows)} predictions to {path} (threshold and model: {sidecar})")
 
 
 def _rows(predictions: Any):

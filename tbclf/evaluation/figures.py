@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from tbclf.evaluation.bootstrap import confusion_counts
+from tbclf.evaluation.metrics import confusion_counts
+from tbclf.evaluation.roc import average_precision, pr_curve, roc_curve
 from tbclf.io import new_figure
 
 HEALTHY_COLOR = "#2c7bb6"
@@ -25,26 +24,6 @@ WHO_TRIAGE_SENSITIVITY = 0.90
 WHO_TRIAGE_SPECIFICITY = 0.70
 
 
-def roc_points(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates along the ROC curve (torchmetrics)."""
-    fpr, tpr, _ = binary_roc(torch.as_tensor(probs), torch.as_tensor(labels, dtype=torch.long))
-    return fpr.numpy(), tpr.numpy()
-
-
-def pr_points(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall along the precision-recall curve (torchmetrics)."""
-    prec, rec, _ = binary_precision_recall_curve(
-        torch.as_tensor(probs), torch.as_tensor(labels, dtype=torch.long)
-    )
-    return prec.numpy(), rec.numpy()
-
-
-def average_precision(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Step-wise area under the precision-recall curve (same definition as torchmetrics)."""
-    prec, rec = pr_points(probs, labels)
-    return float(-np.sum(np.diff(rec) * prec[:-1]))
-
-
 def _fmt(v: float) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
@@ -52,7 +31,7 @@ def _fmt(v: float) -> str:
 def roc_figure(
     probs: np.ndarray, labels: np.ndarray, threshold: float, auroc_text: str = ""
 ) -> Figure:
-    fpr, tpr = roc_points(probs, labels)
+    fpr, tpr, _ = roc_curve(probs, labels)
     c = confusion_counts(probs, labels, threshold)
     sens = c["tp"] / max(c["tp"] + c["fn"], 1)
     spec = c["tn"] / max(c["tn"] + c["fp"], 1)
@@ -92,7 +71,7 @@ def roc_figure(
 
 
 def pr_figure(probs: np.ndarray, labels: np.ndarray, threshold: float) -> Figure:
-    prec, rec = pr_points(probs, labels)
+    prec, rec, _ = pr_curve(probs, labels)
     c = confusion_counts(probs, labels, threshold)
     sens = c["tp"] / max(c["tp"] + c["fn"], 1)
     ppv = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else float("nan")
@@ -103,7 +82,7 @@ def pr_figure(probs: np.ndarray, labels: np.ndarray, threshold: float) -> Figure
     ax.step(
         rec,
         prec,
-        where="post",
+        where="pre",  # precision at each recall holds back to the previous recall (AP's area)
         color="black",
         lw=2,
         label=f"PR curve (AP {average_precision(probs, labels):.2f})",

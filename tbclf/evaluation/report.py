@@ -1,13 +1,15 @@
 """The evaluation report: metrics with confidence intervals, figures and a plain-language summary.
 
 Written for a reader who is not a machine-learning person: what share of TB cases the model
-finds, how many healthy people it flags, how sure we are about those numbers (95% bootstrap
-intervals), whether the WHO triage-test targets are met, and where the threshold came from
-(always the validation set, never the test set it is evaluated on).
+finds, how many healthy people it flags, how sure we are about those numbers (95% intervals
+that hold on small groups: exact binomial for proportions, DeLong for AUROC), whether the WHO
+triage-test targets are met even at the lower ends, and only what is known about where the
+threshold came from and whether the images were held out from training.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tbclf.errors import DataError
-from tbclf.evaluation.bootstrap import METRIC_NAMES, METRICS, as_arrays, bootstrap_metrics
 from tbclf.evaluation.figures import (
     WHO_TRIAGE_SENSITIVITY,
     WHO_TRIAGE_SPECIFICITY,
-    average_precision,
     calibration_summary,
     report_figures,
 )
+from tbclf.evaluation.metrics import METRIC_NAMES, METRICS, as_arrays, metrics_with_intervals
+from tbclf.evaluation.roc import average_precision
 from tbclf.io import (
     atomic_write_json,
     atomic_write_text,
@@ -73,17 +75,16 @@ def _who(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
 
 
 def _threshold_sentence(threshold: float, info: Mapping[str, Any] | None) -> str:
-    """Where the threshold came from, in words."""
+    """Where the threshold came from, in words: only what ``info`` records."""
     if not info:
-        return (
-            f"At threshold {threshold:.2f} (no record of how it was chosen; tbclf picks it "
-            "on the validation set, never on the test set)"
-        )
+        return f"At threshold {threshold:.2f} (no record of how it was chosen)"
     if info.get("description"):
         return f"At threshold {threshold:.2f} ({info['description']})"
-    source = info.get("source") or info.get("split") or "the validation set"
+    source = info.get("source") or info.get("split")
     if source in ("val", "validation"):
         source = "the validation set"
+    if not source:
+        return f"At threshold {threshold:.2f} (no record of how it was chosen)"
     strategy = info.get("strategy")
     if strategy == "sensitivity":
         target = info.get("target_sensitivity")
@@ -94,13 +95,23 @@ def _threshold_sentence(threshold: float, info: Mapping[str, Any] | None) -> str
         )
     elif strategy == "youden":
         how = " to maximise sensitivity + specificity (Youden index)"
-    elif strategy in ("fixed", "default"):
-        how = " (a fixed value)"
     elif strategy:
         how = f" ({strategy})"
     else:
         how = ""
     return f"At threshold {threshold:.2f}, chosen on {source}{how}"
+
+
+def _chosen_on_validation(info: Mapping[str, Any] | None) -> bool:
+    return bool(info) and info.get("source") in ("val", "validation")
+
+
+HELD_OUT_TEXT = {
+    True: "that played no part in training or in choosing the threshold",
+    False: "some of which were used in training, so these numbers are optimistic",
+    None: "(whether any of them played a part in training is not recorded with these "
+    "predictions; the numbers estimate performance on new patients only if none did)",
+}
 
 
 def _ci(m: Mapping[str, float]) -> str:
@@ -119,8 +130,8 @@ def _summary_text(res: Mapping[str, Any], split_name: str) -> list[str]:
     n_tb, n_h = res["n_tb"], res["n_healthy"]
     lines = [
         f"{_threshold_sentence(res['threshold'], res.get('threshold_info'))}, the model was "
-        f"evaluated on {res['n']} {split_name} images ({n_tb} with TB, {n_h} healthy) that "
-        "played no part in training or in choosing the threshold.",
+        f"evaluated on {res['n']} {split_name} images ({n_tb} with TB, {n_h} healthy) "
+        f"{HELD_OUT_TEXT[res.get('held_out')]}.",
         "",
         f"- **Sensitivity {_ci(m['sensitivity'])}**: it flagged {c['tp']} of the {n_tb} TB "
         f"cases and missed {c['fn']}.",
@@ -133,8 +144,9 @@ def _summary_text(res: Mapping[str, Any], split_name: str) -> list[str]:
         f"- **AUROC {_ci(m['auroc'])}**: how well the scores rank TB above healthy over all "
         "thresholds (0.5 = chance, 1 = perfect).",
         "",
-        "Numbers in brackets are 95% confidence intervals (bootstrap): with this many test "
-        "images, the true value could plausibly lie anywhere in that range.",
+        f"Numbers in brackets are {100 * res['intervals']['level']:.0f}% confidence intervals "
+        "(exact binomial for the shares, DeLong for AUROC): with this many test images, the "
+        "true value could plausibly lie anywhere in that range.",
         "",
     ]
     sens_ok = who["sensitivity_met"]
@@ -151,11 +163,16 @@ def _summary_text(res: Mapping[str, Any], split_name: str) -> list[str]:
     )
     if who["met"] and not who["met_at_ci_low"]:
         text += (
-            " The lower ends of the confidence intervals fall short of the targets, so a "
-            "larger test set is needed to confirm it."
+            " The lower ends of the confidence intervals "
+            f"(sensitivity {_low(m['sensitivity'])}, specificity {_low(m['specificity'])}) "
+            "fall short of the targets, so a larger test set is needed to confirm it."
         )
     elif who["met_at_ci_low"]:
-        text += " Even the lower ends of the confidence intervals meet the targets."
+        text += (
+            " Even the lower ends of the confidence intervals "
+            f"(sensitivity {_low(m['sensitivity'])}, specificity {_low(m['specificity'])}) "
+            "meet the targets."
+        )
     lines += [text, ""]
     return lines
 
@@ -177,12 +194,17 @@ def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> list[str]:
     return rows
 
 
-def _source_table(per_source: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _low(m: Mapping[str, float]) -> str:
+    lo = m["ci_low"]
+    return "n/a" if lo is None or not np.isfinite(lo) else f"{lo:.2f}"
+
+
+def _group_table(groups: Mapping[str, Mapping[str, Any]], column: str = "source") -> list[str]:
     rows = [
-        "| source | images (TB / healthy) | sensitivity | specificity | AUROC |",
+        f"| {column} | images (TB / healthy) | sensitivity | specificity | AUROC |",
         "|---|---|---|---|---|",
     ]
-    for src, r in per_source.items():
+    for src, r in groups.items():
         m = r["metrics"]
         rows.append(
             f"| {src} | {r['n']} ({r['n_tb']} / {r['n_healthy']}) | {_ci(m['sensitivity'])} | "
@@ -207,6 +229,22 @@ def _errors_list(
     }
 
 
+# The view positions compared in the per-view table (DICOM ViewPosition).
+FRONTAL_VIEWS = ("PA", "AP")
+
+
+def _by_group(
+    p: np.ndarray, y: np.ndarray, groups: Sequence[str], threshold: float, alpha: float, **boot
+) -> dict[str, dict[str, Any]]:
+    arr = np.asarray([str(g) for g in groups])
+    out = {}
+    for g in sorted(set(arr.tolist())):
+        sel = arr == g
+        r = metrics_with_intervals(p[sel], y[sel], threshold, alpha=alpha, **boot)
+        out[g] = {k: r[k] for k in ("n", "n_tb", "n_healthy", "metrics", "confusion")}
+    return out
+
+
 def write_report(
     probs: Sequence[float] | np.ndarray,
     labels: Sequence[float] | np.ndarray,
@@ -221,21 +259,28 @@ def write_report(
     split_name: str = "test",
     overwrite: bool = False,
     on_figure: Callable[[str, Figure], None] | None = None,
+    views: Sequence[str] | None = None,
+    held_out: bool | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, report.md, figures (and predictions.csv when ids are given).
 
     Args:
         probs: P(TB) per image. labels: 0 healthy / 1 TB (all images must be labelled).
-        threshold: Operating threshold (decision P(TB) >= threshold), chosen on validation.
+        threshold: Operating threshold (decision P(TB) >= threshold).
         out_dir: Report folder (created).
         sources: Source set per image; per-source metrics when there are >1 distinct.
         ids: Image ids: enable predictions.csv and the list of most confident errors.
         threshold_info: How the threshold was chosen, e.g. {"strategy": "sensitivity",
-            "target_sensitivity": 0.9, "source": "validation"}.
-        n_boot / seed / alpha: Bootstrap settings (percentile intervals, stratified by class).
+            "target_sensitivity": 0.9, "source": "validation"}; None: not known.
+        n_boot / seed: Bootstrap of the F1 interval (the others are exact or DeLong).
+        alpha: 1 - the intervals' level.
         split_name: Which split the data are ("test"), used in the text.
         overwrite: Replace an earlier report in out_dir.
         on_figure: Called with (name, figure) for each figure, e.g. to log it to TensorBoard.
+        views: View position per image (PA, AP, ...); a per-view table when both PA and AP
+            occur.
+        held_out: True when the caller knows no image took part in training (the run's own
+            test split), False when some did, None when it is not known: the text says so.
 
     Returns the content of metrics.json.
     """
@@ -247,15 +292,17 @@ def write_report(
         raise DataError("cannot evaluate: no predictions")
     if not 0.0 <= float(threshold) <= 1.0:
         raise DataError(f"threshold must be in [0, 1], got {threshold}")
-    for name, seq in (("sources", sources), ("ids", ids)):
+    for name, seq in (("sources", sources), ("ids", ids), ("views", views)):
         if seq is not None and len(seq) != p.size:
             raise DataError(f"{name} has {len(seq)} entries for {p.size} predictions")
     names = [*REPORT_FILES, *(f"{f}.png" for f in FIGURE_NAMES)]
     out = check_can_write(out_dir, names, overwrite)
     threshold = float(threshold)
+    boot = {"n_boot": n_boot, "seed": seed}
 
-    res: dict[str, Any] = bootstrap_metrics(p, y, threshold, n_boot=n_boot, seed=seed, alpha=alpha)
+    res: dict[str, Any] = metrics_with_intervals(p, y, threshold, alpha=alpha, **boot)
     res["split"] = split_name
+    res["held_out"] = held_out
     res["prevalence"] = float(y.mean())
     res["decision_rule"] = "TB if P(TB) >= threshold"
     res["threshold_info"] = dict(threshold_info) if threshold_info else None
@@ -264,14 +311,10 @@ def write_report(
     res["calibration"] = calibration_summary(p, y)
     src = None if sources is None else [str(s) for s in sources]
     if src is not None and len(set(src)) > 1:
-        src_arr = np.asarray(src)
-        res["per_source"] = {}
-        for s in sorted(set(src)):
-            sel = src_arr == s
-            r = bootstrap_metrics(p[sel], y[sel], threshold, n_boot=n_boot, seed=seed, alpha=alpha)
-            res["per_source"][s] = {
-                k: r[k] for k in ("n", "n_tb", "n_healthy", "metrics", "confusion")
-            }
+        res["per_source"] = _by_group(p, y, src, threshold, alpha, **boot)
+    view = None if views is None else [str(v).strip().upper() or "unknown" for v in views]
+    if view is not None and set(FRONTAL_VIEWS) <= set(view):
+        res["per_view"] = _by_group(p, y, view, threshold, alpha, **boot)
     if ids is not None:
         res["most_confident_errors"] = _errors_list(p, y, ids, threshold)
 
@@ -288,10 +331,13 @@ def write_report(
     if ids is not None:
         write_csv(
             out / "predictions.csv",
-            ["ID", "LABEL", "DECISION", "TRUE_LABEL"] + (["SOURCE"] if src else []),
+            ["ID", "LABEL", "DECISION", "TRUE_LABEL"]
+            + (["SOURCE"] if src else [])
+            + (["VIEW"] if view else []),
             (
                 [ids[i], f"{p[i]:.6f}", int(p[i] >= threshold), int(y[i])]
                 + ([src[i]] if src else [])
+                + ([view[i]] if view else [])
                 for i in range(p.size)
             ),
         )
@@ -299,6 +345,33 @@ def write_report(
     atomic_write_json(out / "metrics.json", res)
     atomic_write_text(out / "report.md", _report_md(res, split_name))
     return res
+
+
+def _threshold_origin(info: Mapping[str, Any] | None) -> str:
+    if _chosen_on_validation(info):
+        where = f" ({info['checkpoint']})" if info.get("checkpoint") else ""
+        return (
+            f"The threshold was chosen on the validation set and stored in the checkpoint{where}; "
+            "the test set is never used to choose it."
+        )
+    if info and info.get("description"):
+        return f"Threshold: {info['description']}."
+    return "How the threshold was chosen is not recorded with these predictions."
+
+
+def _interval_lines(iv: Mapping[str, Any]) -> list[str]:
+    boot = iv["f1_bootstrap"]
+    lines = [
+        f"Intervals ({100 * iv['level']:.0f}%): sensitivity, specificity, PPV, NPV and accuracy "
+        f"{iv['proportions']}; AUROC {iv['auroc']}; F1 {iv['f1']} ({boot['n_boot']} "
+        f"replicates resampled within each class, seed {boot['seed']}).",
+    ]
+    if boot["failed_replicates"]:
+        lines.append(
+            f"{boot['failed_replicates']} of {boot['n_boot']} F1 replicates had no defined F1 "
+            "and are left out of its interval."
+        )
+    return lines
 
 
 def _report_md(res: Mapping[str, Any], split_name: str) -> str:
@@ -315,10 +388,8 @@ def _report_md(res: Mapping[str, Any], split_name: str) -> str:
         *_metrics_table(res["metrics"]),
         "",
         f"Decision rule: an image is called TB when the model's P(TB) ≥ {res['threshold']:.4g}. "
-        "The threshold is chosen on the validation set and stored in the checkpoint; the test "
-        "set is never used to choose it.",
-        f"Intervals: {res['bootstrap']['method']}, {res['bootstrap']['n_boot']} replicates, "
-        f"{100 * (1 - res['bootstrap']['alpha']):.0f}% level.",
+        + _threshold_origin(res.get("threshold_info")),
+        *_interval_lines(res["intervals"]),
         f"Calibration: Brier score {res['calibration']['brier']:.3f}, expected calibration error "
         f"{res['calibration']['ece']:.3f} ({res['calibration']['n_bins']} equal-width bins).",
         "",
@@ -336,7 +407,17 @@ def _report_md(res: Mapping[str, Any], split_name: str) -> str:
             "and where an image was taken, not only to the lungs; a source with one class only "
             "has no AUROC and either no sensitivity or no specificity.",
             "",
-            *_source_table(res["per_source"]),
+            *_group_table(res["per_source"]),
+            "",
+        ]
+    if res.get("per_view"):
+        lines += [
+            "## By view",
+            "",
+            "Performance per view position. AP films are mostly taken of patients too ill to "
+            "stand, so a gap between PA and AP can reflect who was imaged as much as the model.",
+            "",
+            *_group_table(res["per_view"], "view"),
             "",
         ]
     errs = res.get("most_confident_errors")
@@ -404,6 +485,62 @@ def implied_threshold(probs: np.ndarray, decisions: np.ndarray) -> float:
     return float(min(1.0, np.nextafter(neg.max(), np.inf)))
 
 
+SIDECAR_MAX_BYTES = 1_000_000
+
+
+def sidecar_path(predictions_csv: str | Path) -> Path:
+    """Where `tbclf predict` records the threshold of a predictions CSV: same stem, .json."""
+    return Path(predictions_csv).with_suffix(".json")
+
+
+def read_sidecar(predictions_csv: str | Path) -> dict[str, Any] | None:
+    """The sidecar of a predictions CSV, checked (it is untrusted input); None when absent."""
+    path = sidecar_path(predictions_csv)
+    if not path.is_file():
+        return None
+    if path.stat().st_size > SIDECAR_MAX_BYTES:
+        raise DataError(f"{path} is over {SIDECAR_MAX_BYTES} bytes: not a tbclf sidecar.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(
+            f"{path} is not readable JSON ({exc}); delete it or pass --threshold."
+        ) from None
+    thr = data.get("threshold") if isinstance(data, dict) else None
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 1:
+        raise DataError(
+            f"{path} has no threshold in [0, 1] (got {thr!r}); it is not the sidecar `tbclf "
+            "predict` writes. Delete it or pass --threshold."
+        )
+    source = data.get("threshold_source")
+    data["threshold_source"] = dict(source) if isinstance(source, dict) else {}
+    data["threshold"] = float(thr)
+    return data
+
+
+def _match_decisions(
+    probs: np.ndarray, decisions: np.ndarray, threshold: float, path: Path, tol: float = 1e-6
+) -> np.ndarray:
+    """Probabilities whose rule ``>= threshold`` reproduces DECISION.
+
+    LABEL is printed with 6 decimals, so a score within rounding of the threshold can print on
+    the other side of it; such a score is moved to the side its DECISION says. A DECISION that
+    disagrees by more means the sidecar belongs to other predictions.
+    """
+    wrong = (probs >= threshold) != (decisions == 1)
+    far = wrong & (np.abs(probs - threshold) > tol)
+    if far.any():
+        raise DataError(
+            f"{path}: {int(far.sum())} DECISION values do not follow the threshold "
+            f"{threshold:.6g} recorded in {sidecar_path(path).name}; the two files do not belong "
+            "together. Pass --threshold to choose one."
+        )
+    fixed = probs.copy()
+    fixed[wrong & (decisions == 1)] = threshold
+    fixed[wrong & (decisions == 0)] = np.nextafter(threshold, -np.inf)
+    return fixed
+
+
 def report_from_csv(
     predictions_csv: str | Path,
     out_dir: str | Path,
@@ -416,8 +553,9 @@ def report_from_csv(
     """Evaluation report from a predictions CSV (ID, LABEL = P(TB), DECISION[, TRUE_LABEL,
     SOURCE]) and true labels from its TRUE_LABEL column or a Zindi-style labels CSV (ID, LABEL).
 
-    threshold defaults to the one implied by DECISION (0.5 when that fits, or when there is no
-    DECISION column).
+    The threshold: the one `tbclf predict` recorded in the sidecar ``<csv stem>.json`` beside
+    the CSV; else ``threshold``; else one inferred from DECISION (0.5 when that fits), and the
+    report says it was inferred. ``threshold`` given explicitly wins over the sidecar.
     """
     pred_path = Path(predictions_csv)
     header, rows = read_output_csv(pred_path)
@@ -476,25 +614,45 @@ def report_from_csv(
             "CSV with ID,LABEL for these images (e.g. Zindi's Train.csv)."
         )
 
-    info: dict[str, Any]
-    if threshold is not None:
-        info = {"strategy": "fixed", "description": "given explicitly"}
-    elif "DECISION" in header:
-        decisions = np.array(
+    decisions = (
+        np.array(
             [_parse_label(r["DECISION"], pred_path, n + 2, "DECISION") for n, r in enumerate(rows)]
         )
+        if "DECISION" in header
+        else None
+    )
+    sidecar = read_sidecar(pred_path)
+    info: dict[str, Any]
+    if threshold is not None:
+        info = {"strategy": "fixed", "description": "given explicitly (--threshold)"}
+        if sidecar is not None:
+            info["description"] += (
+                f"; the model's own threshold, {sidecar['threshold']:.4g}, is in "
+                f"{sidecar_path(pred_path).name}"
+            )
+    elif sidecar is not None:
+        threshold = sidecar["threshold"]
+        info = {**sidecar.get("threshold_source", {}), "from": str(sidecar_path(pred_path))}
+        if decisions is not None:
+            probs = _match_decisions(probs, decisions, threshold, pred_path)
+    elif decisions is not None:
         threshold = implied_threshold(probs, decisions)
         info = {
-            "strategy": "implied",
-            "description": f"implied by the DECISION column of "
-            f"{pred_path.name}, i.e. the threshold stored in the checkpoint, which tbclf "
-            "chooses on the validation set",
+            "strategy": "inferred",
+            "description": f"inferred from the DECISION column of {pred_path.name}, which has "
+            f"no {sidecar_path(pred_path).name} beside it; the threshold the model used is not "
+            "recorded, and how it was chosen is unknown",
         }
     else:
         threshold = 0.5
-        info = {"strategy": "default", "description": "the default; the CSV has no DECISION column"}
+        info = {
+            "strategy": "default",
+            "description": "the default 0.5; the CSV has no DECISION column and no "
+            f"{sidecar_path(pred_path).name} beside it",
+        }
     info["labels_from"] = label_source
     sources = [r["SOURCE"] for r in rows] if "SOURCE" in header else None
+    views = [r["VIEW"] for r in rows] if "VIEW" in header else None
     return write_report(
         probs,
         labels,
@@ -506,4 +664,6 @@ def report_from_csv(
         n_boot=n_boot,
         seed=seed,
         overwrite=overwrite,
+        views=views,
+        held_out=None,  # a CSV does not say whether its images were used in training
     )

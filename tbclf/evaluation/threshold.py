@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tbclf.evaluation.roc import operating_points
+
 STRATEGIES = ("sensitivity", "youden")
 DEFAULT_THRESHOLD = 0.5
 
@@ -29,11 +31,6 @@ def _clean(probs: Sequence[float] | np.ndarray, labels: Sequence[float] | np.nda
     if not np.all((y == 0) | (y == 1)):
         raise ValueError(f"labels must be 0/1 (or NaN for unlabeled), got {np.unique(y)[:10]}")
     return p, y.astype(np.int64)
-
-
-def _counts_at_or_above(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """How many of ``sorted_scores`` (ascending) are >= each threshold."""
-    return sorted_scores.size - np.searchsorted(sorted_scores, thresholds, side="left")
 
 
 def pick_threshold(
@@ -59,27 +56,24 @@ def pick_threshold(
     if not 0.0 < float(target_sensitivity) <= 1.0:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
     p, y = _clean(probs, labels)
-    pos = np.sort(p[y == 1])
-    neg = np.sort(p[y == 0])
-    if pos.size == 0 or neg.size == 0:
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    if n_pos == 0 or n_neg == 0:
         warnings.warn(
-            f"cannot pick a threshold: labels hold {pos.size} TB and {neg.size} healthy "
+            f"cannot pick a threshold: labels hold {n_pos} TB and {n_neg} healthy "
             f"samples (both classes are needed); using {DEFAULT_THRESHOLD}",
             RuntimeWarning,
             stacklevel=2,
         )
         return DEFAULT_THRESHOLD
 
+    # Distinct scores from the highest down; the first match is the highest threshold.
+    thresholds, tp, fp = operating_points(p, y)
     if strategy == "sensitivity":
         # small epsilon: 0.9 * 10 is 9.000000000000002 in floating point, which must mean 9.
-        k = int(np.ceil(float(target_sensitivity) * pos.size - 1e-9))
-        k = min(max(k, 1), pos.size)
-        return float(pos[::-1][k - 1])
-
-    thresholds = np.unique(p)[::-1]  # descending: the first maximum is the highest threshold
-    tpr = _counts_at_or_above(pos, thresholds) / pos.size
-    fpr = _counts_at_or_above(neg, thresholds) / neg.size
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+        k = int(np.ceil(float(target_sensitivity) * n_pos - 1e-9))
+        k = min(max(k, 1), n_pos)
+        return float(thresholds[int(np.argmax(tp >= k))])
+    return float(thresholds[int(np.argmax(tp / n_pos - fp / n_neg))])
 
 
 def sensitivity_specificity(

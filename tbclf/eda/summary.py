@@ -1,0 +1,194 @@
+"""summary.md of an EDA: the numbers of stats.json in words, with the figures embedded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tbclf.eda.stats import IMAGE_METRICS, METRIC_LABELS
+
+
+def _img(fig: dict[str, str], key: str, alt: str) -> str:
+    """Markdown image with a relative link, or nothing when the figure was not drawn."""
+    return f"![{alt}]({fig[key]})" if key in fig else ""
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def balance_sentence(by_source: dict[str, dict[str, int]], classes: list[str]) -> str:
+    """The warning about class balance across sources, only when it is true."""
+    labelled = [c for c in classes if c in ("healthy", "tb")]
+    if len(by_source) < 2 or len(labelled) < 2:
+        return ""
+    shares = set()
+    for counts in by_source.values():
+        n = sum(counts.get(c, 0) for c in labelled)
+        if n:
+            shares.add(round(counts.get("tb", 0) / n, 2))
+    if len(shares) <= 1:
+        return "Every source has the same share of TB images."
+    return (
+        "Class balance differs between sources. A model can then learn *which hospital* an image "
+        "comes from (scanner, export, text markers) instead of *what the lungs show*: check the "
+        "per-source metrics in the evaluation report."
+    )
+
+
+def summary_md(s: dict[str, Any]) -> str:
+    classes = s["classes"]
+    views = s["views"]
+    fig = s["figures"]
+    st = s["settings"]
+    lines = [
+        "# Exploratory data analysis",
+        "",
+        f"Data: `{s['root']}` (layout {s['layout']}). Analysed {s['n_analysed']} of "
+        f"{s['n_found']} images"
+        + (f" (seeded class-stratified subset, seed {s['subset']['seed']})" if s["subset"] else "")
+        + f", reduced to {st['image_size']}x{st['image_size']} ({st['resize']}, crop_border="
+        f"{st['crop_border']}); preprocessing shown: {st['preprocessing']}. "
+        f"Took {s['elapsed_s']:.1f} s.",
+        "",
+        "## Counts",
+        "",
+        "| source | " + " | ".join(classes) + " | total |",
+        "|---|" + "---|" * (len(classes) + 1),
+    ]
+    for src, c in s["counts"]["by_source"].items():
+        lines.append(f"| {src} | " + " | ".join(str(c[k]) for k in classes) + f" | {c['total']} |")
+    total = s["counts"]["by_class"]
+    lines.append(
+        "| **all** | "
+        + " | ".join(f"**{total[k]}**" for k in classes)
+        + f" | **{sum(total.values())}** |"
+    )
+    lines += ["", _img(fig, "counts", "counts"), ""]
+    balance = balance_sentence(s["counts"]["by_source"], classes)
+    lines += [
+        *([balance, ""] if balance else []),
+        "## Stored sizes and bit depths",
+        "",
+        "| source | sizes (width x height: count) | encodings |",
+        "|---|---|---|",
+    ]
+    for src in s["image_sizes"]:
+        sz = s["image_sizes"][src]
+        top = ", ".join(f"{k}: {v}" for k, v in list(sz.items())[:4])
+        if len(sz) > 4:
+            top += f", … ({len(sz)} distinct)"
+        enc = ", ".join(f"{k}: {v}" for k, v in s["bit_depths"][src].items())
+        lines.append(f"| {src} | {top} | {enc} |")
+    lines += ["", _img(fig, "sizes", "sizes"), ""]
+    d = s["duplicates"]
+    lines += ["## Duplicates", ""]
+    if d["n_groups"]:
+        lines.append(
+            f"{d['n_groups']} groups of byte-identical files ({d['n_redundant_files']} redundant "
+            f"copies; {d['label_conflicts']} with conflicting labels). Splits keep each group on "
+            "one side, so copies never leak from training into test:"
+        )
+        lines.append("")
+        for g in d["groups"][:30]:
+            lines.append("- " + " = ".join(f"`{x}`" for x in g))
+        if d["n_groups"] > 30:
+            lines.append(f"- … {d['n_groups'] - 30} more (stats.json)")
+    else:
+        lines.append("No byte-identical files found.")
+    if s["unreadable"]:
+        lines += ["", f"**{len(s['unreadable'])} unreadable images** (skipped):", ""]
+        lines += [f"- `{u['path']}`: {u['error']}" for u in s["unreadable"][:20]]
+    lines += [
+        "",
+        "## Mean and standard-deviation images",
+        "",
+        "Pixel-wise mean and standard deviation over all images of a class, as decoded and after "
+        "the preprocessing the model sees. Sharp structures in the mean (text markers, borders) "
+        "sit in the same place in many images; bright areas in the std image vary most.",
+        "",
+        _img(fig, "mean_std", "mean and std images"),
+        "",
+    ]
+    if s["class_difference"]:
+        lines += [
+            "Difference of the class means (TB − healthy; red: brighter on average in TB). "
+            "Differences outside the lungs (borders, markers, overall brightness) point to "
+            "acquisition differences between the classes rather than disease.",
+            "",
+            _img(fig, "difference", "class difference"),
+            "",
+            "| view | mean difference | min | max | mean absolute |",
+            "|---|---|---|---|---|",
+        ]
+        for v, cd in s["class_difference"].items():
+            lines.append(
+                f"| {v} | {_f(cd['mean'])} | {_f(cd['min'])} | {_f(cd['max'])} | "
+                f"{_f(cd['mean_abs'])} |"
+            )
+        lines.append("")
+    lines += [
+        "## Variability: intensity and contrast per image",
+        "",
+        "RMS contrast = standard deviation of the intensities scaled to [0, 1]; Michelson "
+        "contrast = (p99 − p1)/(p99 + p1) of the intensities (robust percentiles instead of "
+        "max/min so a single marker does not dominate). Median [interquartile range]:",
+        "",
+        "| view | class | " + " | ".join(METRIC_LABELS[m] for m in IMAGE_METRICS) + " |",
+        "|---|---|" + "---|" * len(IMAGE_METRICS),
+    ]
+    for v in views:
+        for c in ["all", *classes]:
+            cells = []
+            for m in IMAGE_METRICS:
+                q = s["intensity"][v][c][m]
+                digits = 1 if m in ("mean", "std") else 3
+                cells.append(
+                    f"{_f(q['median'], digits)} [{_f(q['p25'], digits)}, {_f(q['p75'], digits)}]"
+                )
+            lines.append(f"| {v} | {c} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        _img(fig, "variability", "variability by class"),
+        "",
+        "The same measures by source (as decoded): sources that differ here are easy for a model "
+        "to tell apart.",
+        "",
+        _img(fig, "by_source", "variability by source"),
+        "",
+        "## Intensity histograms",
+        "",
+        _img(fig, "histograms", "histograms"),
+        "",
+    ]
+    if "equalization" in fig:
+        lines += [
+            "Global histogram equalisation flattens the CDF of the whole image and over-amplifies "
+            "the background and noise; CLAHE equalises small tiles with a clip limit, which "
+            "brings out lung texture while keeping the overall look.",
+            "",
+            _img(fig, "equalization", "equalisation example"),
+            "",
+        ]
+    if s["pca"]:
+        lines += [
+            "## Eigen-images",
+            "",
+            f"Principal components of each class on {st['pca_size']}x{st['pca_size']} "
+            "downsamples (as decoded). The first components usually capture brightness, "
+            "patient size and positioning rather than pathology.",
+            "",
+            _img(fig, "eigen", "eigen-images"),
+            "",
+            "| class | images | explained variance of the top components |",
+            "|---|---|---|",
+        ]
+        for c, p in s["pca"].items():
+            ev = ", ".join(f"{100 * x:.1f}%" for x in p["explained_variance_ratio"])
+            lines.append(f"| {c} | {p['n_images']} | {ev} |")
+        lines.append("")
+    lines += [
+        "Files: `stats.json` (all numbers), `per_image.csv` (one row per image), "
+        "`arrays.npz` (mean/std/difference images and eigen-images).",
+        "",
+    ]
+    return "\n".join(lines)
