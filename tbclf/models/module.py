@@ -19,14 +19,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryRecall,
-    BinarySpecificity,
-)
 
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
@@ -41,20 +33,6 @@ MONITOR = "val/auroc"
 
 SchedulerName = Literal["cosine", "plateau", "none"]
 ThresholdStrategy = Literal["sensitivity", "youden"]
-
-
-def _decision_metrics(stage: str) -> MetricCollection:
-    """Metrics of the 0/1 decisions. They are fed decisions, not probabilities, because
-    torchmetrics thresholds with ``prob > t`` while tbclf's rule is ``prob >= t``."""
-    return MetricCollection(
-        {
-            "accuracy": BinaryAccuracy(),
-            "sensitivity": BinaryRecall(),
-            "specificity": BinarySpecificity(),
-            "f1": BinaryF1Score(),
-        },
-        prefix=f"{stage}/",
-    )
 
 
 class TBClassifier(pl.LightningModule):
@@ -115,8 +93,6 @@ class TBClassifier(pl.LightningModule):
         self.channels_last = bool(channels_last)
 
         self.register_buffer("threshold", torch.tensor(DEFAULT_THRESHOLD, dtype=torch.float32))
-        self.auroc = nn.ModuleDict({stage: BinaryAUROC() for stage in STAGES})
-        self.metrics = nn.ModuleDict({stage: _decision_metrics(stage) for stage in STAGES})
         self._collected: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGES}
         # Last epoch's per-image results (numpy arrays "id", "source", "prob", "label"), for the
         # report code; None until a validation / test epoch has run.
