@@ -52,6 +52,7 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
 
     import tbclf.models as models
     from tbclf.data.datamodule import TBDataModule
+    from tbclf.engine.scripting import quiet_trainer
     from tbclf.models.backbone import offline_mobilenetv2_weights
 
     torch.set_num_threads(max(1, args.threads))
@@ -83,14 +84,12 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
         from tbclf.engine.averaging import EMA
 
         callbacks.append(EMA(decay=args.ema))
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=args.epochs or config["trainer"]["max_epochs"],
         accelerator="auto",
-        devices=1,
-        logger=False,
+        enable_checkpointing=True,
+        num_sanity_val_steps=2,
         callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         deterministic=False,
         precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
     )

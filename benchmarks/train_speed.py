@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from tbclf.engine.scripting import quiet_trainer
 from tbclf.models import SimpleCNNClassifier, TimmClassifier
 from tbclf.models.backbone import offline_mobilenetv2_weights
 
@@ -105,16 +106,10 @@ def lightning_loop(
 ) -> float:
     warmup = 3
     timer = _Timer(warmup)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         accelerator=device.type,
-        devices=1,
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
         callbacks=[timer],
         precision="bf16-mixed" if precision == "bf16" else "32-true",
     )

@@ -142,6 +142,17 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def image_row(fig: Any, title: str, ncols: int) -> list:
+    """A titled row of ``ncols`` axes without ticks or frames, for contact sheets of images."""
+    fig.suptitle(title, fontsize=10)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    return list(axes)
+
+
 def check_can_write(out_dir: str | os.PathLike, names: Sequence[str], overwrite: bool) -> Path:
     """Refuse to replace earlier outputs unless the caller asked for it explicitly."""
     out = Path(out_dir)

@@ -84,14 +84,13 @@ def make_png(
     shape: tuple[int, int] = (64, 64),
     dtype: type = np.uint8,
     channels: int = 1,
-    bit_depth: int | None = None,
-    seed: int = 0,
-    value: int | None = None,
-    equal_channels: bool = True,
-    border_bottom: int = 0,
+    **kwargs,
 ) -> np.ndarray:
-    """Write an image (PNG, or JPEG if path ends in .jpg/.jpeg) and return the array written."""
-    img = make_array(shape, dtype, channels, bit_depth, seed, value, equal_channels, border_bottom)
+    """Write an image (PNG, or JPEG if path ends in .jpg/.jpeg) and return the array written.
+
+    kwargs: those of :func:`make_array` (dtype, channels, bit_depth, seed, value, ...).
+    """
+    img = make_array(shape, dtype, channels, **kwargs)
     write_image(path, img)
     return img
 

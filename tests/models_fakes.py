@@ -6,6 +6,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tbclf.engine.scripting import quiet_trainer
+
 
 class FakeImages(Dataset):
     """Random gray images; TB images get a bright square so a model can learn something."""
@@ -56,16 +58,5 @@ class FakeDataModule(pl.LightningDataModule):
 
 
 def tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    return quiet_trainer(**{"default_root_dir": tmp_path, "accelerator": "cpu", "max_epochs": 2,
+                            **kwargs})  # fmt: skip

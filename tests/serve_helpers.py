@@ -21,6 +21,7 @@ from tbclf.data.datamodule import TBDataModule
 from tbclf.models.backbone import offline_mobilenetv2_weights
 from tbclf.models.classifiers import SimpleCNNClassifier, TimmClassifier
 from tests.cli_helpers import make_learnable
+from tests.models_fakes import tiny_trainer
 
 # ../shared beside the repository (CI, main); one level up for worktrees under wt/.
 _REPO = Path(__file__).resolve().parents[1]
@@ -61,18 +62,7 @@ def train_run(
     )
     run_dir = base / "runs" / kind / "version_0"
     model = build_model(kind, image_size)
-    trainer = pl.Trainer(
-        default_root_dir=base,
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    trainer = tiny_trainer(base, max_epochs=epochs, deterministic=True)
     trainer.fit(model, datamodule=dm)
     dm.save_split(run_dir / "split.json")
     ckpt = run_dir / "checkpoints" / "best.ckpt"

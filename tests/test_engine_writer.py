@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from models_fakes import FakeImages
+from torch.utils.data import DataLoader
 
 import tbclf
 from tbclf.engine.report_callback import _held_out
@@ -17,24 +16,6 @@ from tbclf.engine.writer import PredictionWriter
 from tbclf.errors import ConfigError
 from tbclf.evaluation.report import report_from_csv
 from tbclf.models import SimpleCNNClassifier
-
-
-class _Images(Dataset):
-    def __init__(self, n: int = 12, size: int = 16) -> None:
-        rng = np.random.default_rng(0)
-        self.images = rng.random((n, 1, size, size)).astype(np.float32)
-        self.labels = np.array([i % 2 for i in range(n)], dtype=np.float32)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": torch.from_numpy(self.images[i]),
-            "label": torch.tensor(self.labels[i]),
-            "id": f"img{i:02d}",
-            "source": "s",
-        }
 
 
 def _predict(tmp_path, writer: PredictionWriter, threshold: float) -> SimpleCNNClassifier:
@@ -47,7 +28,9 @@ def _predict(tmp_path, writer: PredictionWriter, threshold: float) -> SimpleCNNC
         callbacks=[writer], logger=False, accelerator="cpu", devices=1,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.predict(model, DataLoader(_Images(), batch_size=5), return_predictions=False)
+    trainer.predict(
+        model, DataLoader(FakeImages(12, size=16), batch_size=5), return_predictions=False
+    )
     return model
 
 

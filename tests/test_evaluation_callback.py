@@ -8,32 +8,14 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from models_fakes import FakeImages
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.evaluation.metrics import point_metrics
 from tbclf.models import SimpleCNNClassifier
-
-
-class _Blobs(Dataset):
-    def __init__(self, n: int = 24, size: int = 16) -> None:
-        rng = np.random.default_rng(0)
-        self.images = rng.random((n, 1, size, size)).astype(np.float32)
-        self.labels = np.array([i % 2 for i in range(n)], dtype=np.float32)
-        self.images[self.labels == 1, :, 4:10, 4:10] = 1.0
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": torch.from_numpy(self.images[i]),
-            "label": torch.tensor(self.labels[i]),
-            "id": f"img{i:02d}",
-            "source": "sa" if i < 12 else "sb",
-        }
 
 
 def test_report_written_on_test_end_and_logged(tmp_path):
@@ -51,7 +33,7 @@ def test_report_written_on_test_end_and_logged(tmp_path):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.test(model, dataloaders=DataLoader(_Blobs(), batch_size=8))
+    trainer.test(model, dataloaders=DataLoader(FakeImages(24, size=16), batch_size=8))
 
     out = tmp_path / "run" / "version_0" / "report"
     assert cb.report_dir == out
@@ -62,7 +44,7 @@ def test_report_written_on_test_end_and_logged(tmp_path):
     assert metrics["n"] == 24
     for name in ("accuracy", "sensitivity", "specificity"):
         assert metrics["metrics"][name]["value"] == pytest.approx(ref[name])
-    assert set(metrics["per_source"]) == {"sa", "sb"}
+    assert set(metrics["per_source"]) == {"fake_a", "fake_b"}
     assert metrics["threshold_info"] == {
         "source": "validation",
         "strategy": "sensitivity",
@@ -81,7 +63,7 @@ def test_report_written_on_test_end_and_logged(tmp_path):
 
     # testing again in the same run folder replaces the report with the new numbers
     model.threshold.fill_(0.9)
-    trainer.test(model, dataloaders=DataLoader(_Blobs(), batch_size=8))
+    trainer.test(model, dataloaders=DataLoader(FakeImages(24, size=16), batch_size=8))
     again = json.loads((out / "metrics.json").read_text())
     assert again["threshold"] == pytest.approx(0.9)
     assert again["confusion"] == {k: int(v) for k, v in _counts(model.test_outputs, 0.9).items()}

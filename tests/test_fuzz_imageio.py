@@ -17,26 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 from imaging import make_array
 
 from tbclf.data.imageio import image_header, load_prepared, read_gray
 from tbclf.errors import DataError
-
-# Reproducible in CI (derandomize), no example database in the repo, a generous per-example
-# deadline that still flags a pathological slowdown on a loaded 2-core box.
-FUZZ = settings(
-    derandomize=True,
-    database=None,
-    deadline=5000,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-
-def fuzz(max_examples: int) -> settings:
-    return settings(FUZZ, max_examples=max_examples)
-
 
 pytestmark = pytest.mark.timeout(300)
 

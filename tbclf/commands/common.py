@@ -22,10 +22,30 @@ DATA_OPTIONS: dict[str, tuple[type, Any, str]] = {
 }
 
 
-def command_parser(prog: str, description: str) -> ArgumentParser:
-    """A jsonargparse parser named `tbclf PROG` that also reads its options from --config."""
+CHECKPOINT = "a tbclf checkpoint"
+OUT = "output folder"
+
+
+def command_parser(
+    prog: str,
+    description: str,
+    required: dict[str, str] | None = None,
+    overwrite: str | None = None,
+) -> ArgumentParser:
+    """A jsonargparse parser named `tbclf PROG` that also reads its options from --config.
+
+    ``required`` maps each required path option to its help; ``overwrite`` (its help text)
+    adds the ``--overwrite`` flag every command that writes outputs has.
+    """
     parser = ArgumentParser(prog=f"tbclf {prog}", description=description, exit_on_error=True)
     parser.add_argument(
         "-c", "--config", action=ActionConfigFile, help="YAML with any of these options"
     )
+    for name, text in (required or {}).items():
+        parser.add_argument(f"--{name}", type=str, required=True, help=text)
+    if overwrite is not None:
+        parser.add_argument("--overwrite", type=bool, default=False, help=overwrite)
     return parser
+
+
+REPLACE = "replace the outputs of an earlier run in --out"

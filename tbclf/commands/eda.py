@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import DATA_OPTIONS, command_parser
+from tbclf.commands.common import DATA_OPTIONS, OUT, REPLACE, command_parser
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -16,11 +16,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         "eda",
         "Explore a data set: mean/std images per class, class difference, "
         "contrast and variability, eigen-images, histograms, CLAHE/HE.",
+        required={"data.root": "data folder", "out": OUT},
+        overwrite=REPLACE,
     )
-    parser.add_argument("--data.root", type=str, required=True, help="data folder")
     for key, (kind, default, text) in DATA_OPTIONS.items():
         parser.add_argument(f"--data.{key}", type=kind, default=default, help=text)
-    parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument(
         "--max_images",
         type=int | None,
@@ -28,21 +28,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="class-balanced random subset of this size",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--overwrite",
-        type=bool,
-        default=False,
-        help="replace the outputs of an earlier run in --out",
-    )
-    cfg = parser.parse_args(argv)
-    data = cfg.data.as_dict()
-    stats = run_eda(
-        root=data.pop("root"),
-        out=cfg.out,
-        max_images=cfg.max_images,
-        seed=cfg.seed,
-        overwrite=cfg.overwrite,
-        **data,
-    )
-    print(f"EDA of {stats['n_analysed']} images written to {Path(cfg.out) / 'summary.md'}")
+    cfg = parser.parse_args(argv).as_dict()
+    cfg.pop("config", None)
+    stats = run_eda(**cfg.pop("data"), **cfg)
+    print(f"EDA of {stats['n_analysed']} images written to {Path(cfg['out']) / 'summary.md'}")
     return stats

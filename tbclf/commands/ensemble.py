@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tbclf.commands.common import command_parser
+from tbclf.commands.common import OUT, REPLACE, command_parser
 from tbclf.data.layouts import discover, discover_predict
 from tbclf.engine.ensemble import ensemble_scores, load_members, summary
 from tbclf.errors import ConfigError
@@ -21,10 +21,14 @@ OUTPUTS = ("predictions.csv", "ensemble.json")
 
 
 def main(argv: list[str]) -> dict:
-    parser = command_parser("ensemble", __doc__.splitlines()[0])
+    parser = command_parser(
+        "ensemble",
+        __doc__.splitlines()[0],
+        required={"predict_root": "images to score", "out": OUT},
+        overwrite=REPLACE,
+    )
     parser.add_argument("--ckpt_path", type=str, action="append", required=True,
                         help="a member checkpoint (repeat for each model)")  # fmt: skip
-    parser.add_argument("--predict_root", type=str, required=True, help="images to score")
     parser.add_argument(
         "--val_root",
         type=str,
@@ -32,12 +36,10 @@ def main(argv: list[str]) -> dict:
         help="labelled images the members never trained on: threshold and temperature are "
         "chosen on the ensemble's predictions for them",
     )
-    parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--tta", type=bool, default=False, help="test-time augmentation")
     parser.add_argument("--calibrate", type=bool, default=False,
                         help="temperature scaling fitted on --val_root")  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--overwrite", type=bool, default=False)
     args = parser.parse_args(argv)
     out = check_can_write(args.out, OUTPUTS, args.overwrite)
     if args.calibrate and not args.val_root:

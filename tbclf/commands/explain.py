@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import command_parser
+from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, command_parser
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.errors import ConfigError
 
@@ -20,18 +20,18 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         "explain",
         "Grad-CAM heatmaps over the X-rays, with P(TB) and the "
         "decision at the checkpoint's threshold.",
+        required={
+            "ckpt_path": CHECKPOINT,
+            "images": "folder of images (any layout) or a Zindi CSV",
+            "out": OUT,
+        },
+        overwrite=REPLACE,
     )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="a tbclf checkpoint")
-    parser.add_argument(
-        "--images", type=str, required=True, help="folder of images (any layout) or a Zindi CSV"
-    )
-    parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--max_images", type=int | None, default=None)
     parser.add_argument(
         "--per_group", type=int, default=4, help="contact sheet: images per group (TP, FP, FN)"
     )
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument("--overwrite", type=bool, default=False)
     cfg = parser.parse_args(argv)
     images = Path(cfg.images).expanduser()
     if not images.exists():

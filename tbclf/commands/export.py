@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import command_parser
+from tbclf.commands.common import CHECKPOINT, command_parser
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 
 
@@ -32,8 +32,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "Write a trained model as ONNX (dynamic batch, normalisation inside, input spec and "
         "threshold in its metadata); --int8 also writes an INT8 model calibrated on the run's "
         "training images, refused when its test AUROC changes by more than 0.01.",
+        required={"ckpt_path": CHECKPOINT},
+        overwrite="replace an earlier export at --out",
     )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="a tbclf checkpoint")
     parser.add_argument(
         "--out", type=str | None, default=None, help="default: RUN/model.onnx (or CKPT.onnx)"
     )
@@ -43,7 +44,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--max_auroc_change", type=float, default=export.MAX_INT8_AUROC_CHANGE)
     parser.add_argument("--check_images", type=int, default=16, help="test images compared")
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument("--overwrite", type=bool, default=False)
     cfg = parser.parse_args(argv)
 
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt_path)

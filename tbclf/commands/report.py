@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import command_parser
+from tbclf.commands.common import OUT, REPLACE, command_parser
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -18,9 +18,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "intervals, ROC/PR, confusion, calibration, per source and view) from "
         "a predictions.csv that has TRUE_LABEL or a labels CSV. The threshold "
         "comes from the predictions.json `predict` writes beside the CSV.",
+        required={"predictions": "predictions.csv", "out": OUT},
+        overwrite=REPLACE,
     )
-    parser.add_argument("--predictions", type=str, required=True, help="predictions.csv")
-    parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument(
         "--labels",
         type=str | None,
@@ -36,16 +36,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap of the F1 interval")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", type=bool, default=False)
-    cfg = parser.parse_args(argv)
-    result = report_from_csv(
-        cfg.predictions,
-        cfg.out,
-        threshold=cfg.threshold,
-        labels_csv=cfg.labels,
-        n_boot=cfg.n_boot,
-        seed=cfg.seed,
-        overwrite=cfg.overwrite,
-    )
-    print(f"report written to {Path(cfg.out) / 'report.md'}")
+    cfg = parser.parse_args(argv).as_dict()
+    cfg.pop("config", None)
+    out = cfg.pop("out")
+    result = report_from_csv(cfg.pop("predictions"), out, labels_csv=cfg.pop("labels"), **cfg)
+    print(f"report written to {Path(out) / 'report.md'}")
     return result

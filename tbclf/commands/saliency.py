@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import command_parser
+from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, command_parser
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 
 
@@ -23,13 +23,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         "radiologists' boxes: proportional energy, pointing game, ROAD faithfulness and "
         "P(TB) per image, summarised with 95% intervals against uniform, central-ellipse, "
         "mean-map and random-weights baselines.",
+        required={
+            "ckpt_path": CHECKPOINT,
+            "images": "folder of images",
+            "boxes": "folder of Pascal VOC .xml or a COCO .json",
+            "out": OUT,
+        },
+        overwrite=REPLACE,
     )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="a tbclf checkpoint")
-    parser.add_argument("--images", type=str, required=True, help="folder of images")
-    parser.add_argument(
-        "--boxes", type=str, required=True, help="folder of Pascal VOC .xml or a COCO .json"
-    )
-    parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=", ".join(METHODS))
     parser.add_argument(
         "--baselines", type=list[str], default=list(BASELINES), help=", ".join(BASELINES)
@@ -59,7 +60,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--max_images", type=int | None, default=None, help="first N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument("--overwrite", type=bool, default=False)
     cfg = parser.parse_args(argv)
     model = load_classifier(cfg.ckpt_path)
     matched = match_boxes(discover_predict(Path(cfg.images)), read_boxes(cfg.boxes), cfg.unmatched)

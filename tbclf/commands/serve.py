@@ -18,8 +18,8 @@ def main(argv: list[str]) -> None:
         "Serve a model: POST /predict, POST /explain (.ckpt only), GET /health, the web page at "
         "/ and the API docs at /docs. Binds 127.0.0.1 unless --host says otherwise; put a TLS "
         "reverse proxy with authentication in front before exposing it.",
+        required={"model": "model.onnx or best.ckpt"},
     )
-    parser.add_argument("--model", type=str, required=True, help="model.onnx or best.ckpt")
     parser.add_argument("--host", type=str, default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max_upload_bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES)

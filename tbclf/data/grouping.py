@@ -31,7 +31,21 @@ def _relative(path: Path, root: Path | None) -> str:
     return Path(path).as_posix()
 
 
-def _warn_ungrouped(missing: list[Record], why: str) -> None:
+def _keys(
+    records: Sequence[Record], key_of, kind: str, why: str, none_matched: str | None = None
+) -> dict[Path, str]:
+    """{path: "kind:key"} for the records ``key_of`` gives a key; the others are warned about
+    (each becomes its own group), or refused with ``none_matched`` when no record has one."""
+    out: dict[Path, str] = {}
+    missing: list[Record] = []
+    for r in records:
+        key = key_of(r)
+        if key:
+            out[Path(r.path)] = f"{kind}:{key}"
+        else:
+            missing.append(r)
+    if none_matched and records and len(missing) == len(records):
+        raise ConfigError(none_matched)
     if missing:
         shown = ", ".join(str(r.path) for r in missing[:_SHOWN])
         more = f" ... and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
@@ -39,31 +53,29 @@ def _warn_ungrouped(missing: list[Record], why: str) -> None:
             f"data.group_by: {len(missing)} image(s) {why}; each is its own group: {shown}{more}.",
             stacklevel=3,
         )
+    return out
+
+
+def _patient_hash(record: Record) -> str:
+    if layouts.sniff(Path(record.path)) != "dicom":
+        return ""
+    try:
+        return dicom.read_info(Path(record.path)).patient_hash
+    except DataError:
+        return ""
 
 
 def patient_keys(records: Sequence[Record]) -> dict[Path, str]:
     """{path: salted hash of the DICOM PatientID}; images without one are left out."""
-    out: dict[Path, str] = {}
-    missing: list[Record] = []
-    for r in records:
-        key = ""
-        if layouts.sniff(Path(r.path)) == "dicom":
-            try:
-                key = dicom.read_info(Path(r.path)).patient_hash
-            except DataError:
-                key = ""
-        if key:
-            out[Path(r.path)] = f"patient:{key}"
-        else:
-            missing.append(r)
-    if len(missing) == len(records) and records:
-        raise ConfigError(
-            "data.group_by=patient, but no image is a DICOM file with a PatientID. Use a CSV "
-            "column (data.group_by=column:NAME) or a regular expression on the file path "
-            "(data.group_by='regex:^(P\\d+)_'), or leave data.group_by unset."
-        )
-    _warn_ungrouped(missing, "are not DICOM files with a PatientID")
-    return out
+    return _keys(
+        records,
+        _patient_hash,
+        PATIENT,
+        "are not DICOM files with a PatientID",
+        "data.group_by=patient, but no image is a DICOM file with a PatientID. Use a CSV "
+        "column (data.group_by=column:NAME) or a regular expression on the file path "
+        "(data.group_by='regex:^(P\\d+)_'), or leave data.group_by unset.",
+    )
 
 
 def _csv_path(root: Path | None) -> Path | None:
@@ -83,16 +95,8 @@ def _csv_path(root: Path | None) -> Path | None:
 def column_keys(records: Sequence[Record], column: str, csv_path: Path) -> dict[Path, str]:
     """{path: value of `column` in the row of the image's ID}; empty cells are left out."""
     values = layouts.csv_column(csv_path, column)
-    out: dict[Path, str] = {}
-    missing = []
-    for r in records:
-        value = values.get(r.id, "")
-        if value:
-            out[Path(r.path)] = f"column:{value}"
-        else:
-            missing.append(r)
-    _warn_ungrouped(missing, f"have an empty {column!r} cell in {csv_path}")
-    return out
+    why = f"have an empty {column!r} cell in {csv_path}"
+    return _keys(records, lambda r: values.get(r.id, ""), "column", why)
 
 
 def regex_keys(records: Sequence[Record], pattern: str, root: Path | None) -> dict[Path, str]:
@@ -105,22 +109,20 @@ def regex_keys(records: Sequence[Record], pattern: str, root: Path | None) -> di
             f"data.group_by: {pattern!r} is not a valid regular expression ({exc}). Example: "
             "'regex:^(P\\d+)_' groups P0012_a.png and P0012_b.png."
         ) from None
-    out: dict[Path, str] = {}
-    missing = []
-    for r in records:
+
+    def key_of(r: Record) -> str | None:
         m = regex.search(_relative(Path(r.path), root))
-        key = (m.group(1) if regex.groups else m.group(0)) if m else None
-        if key:
-            out[Path(r.path)] = f"regex:{key}"
-        else:
-            missing.append(r)
-    if len(missing) == len(records) and records:
-        raise ConfigError(
-            f"data.group_by: the regular expression {pattern!r} matches none of the "
-            f"{len(records)} image paths (e.g. {_relative(Path(records[0].path), root)!r})."
-        )
-    _warn_ungrouped(missing, f"do not match {pattern!r}")
-    return out
+        return (m.group(1) if regex.groups else m.group(0)) if m else None
+
+    example = _relative(Path(records[0].path), root) if records else ""
+    return _keys(
+        records,
+        key_of,
+        "regex",
+        f"do not match {pattern!r}",
+        f"data.group_by: the regular expression {pattern!r} matches none of the "
+        f"{len(records)} image paths (e.g. {example!r}).",
+    )
 
 
 def group_keys(

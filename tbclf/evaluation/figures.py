@@ -49,23 +49,26 @@ def roc_figure(
     )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax.plot(fpr, tpr, color="black", lw=2, label=f"ROC{(' ' + auroc_text) if auroc_text else ''}")
-    ax.plot(
-        [1 - spec],
-        [sens],
-        "o",
-        ms=9,
-        color=TB_COLOR,
-        label=f"threshold {threshold:.2f}: sens {sens:.2f}, spec {spec:.2f}",
-    )
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="1 − specificity (healthy people flagged)",
-        ylabel="Sensitivity (TB cases found)",
-        title="ROC curve",
-        aspect="equal",
-    )
-    ax.legend(loc="lower right", fontsize=8)
+    label = f"threshold {threshold:.2f}: sens {sens:.2f}, spec {spec:.2f}"
+    axes = ("1 − specificity (healthy people flagged)", "Sensitivity (TB cases found)")
+    return _unit_square(fig, ax, (1 - spec, sens, label), "ROC curve", "lower right", *axes)
+
+
+def _unit_square(
+    fig: Figure,
+    ax: Any,
+    point: tuple[float, float, str],
+    title: str,
+    legend: str,
+    xlabel: str,
+    ylabel: str,
+) -> Figure:
+    """Mark the operating point on a curve over [0, 1]^2 and finish the axes."""
+    x, y, label = point
+    ax.plot([x], [y], "o", ms=9, color=TB_COLOR, label=label)
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel=xlabel, ylabel=ylabel, title=title,
+           aspect="equal")  # fmt: skip
+    ax.legend(loc=legend, fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
@@ -87,25 +90,9 @@ def pr_figure(probs: np.ndarray, labels: np.ndarray, threshold: float) -> Figure
         lw=2,
         label=f"PR curve (AP {average_precision(probs, labels):.2f})",
     )
-    ax.plot(
-        [sens],
-        [ppv],
-        "o",
-        ms=9,
-        color=TB_COLOR,
-        label=f"threshold {threshold:.2f}: recall {sens:.2f}, precision {_fmt(ppv)}",
-    )
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="Recall = sensitivity",
-        ylabel="Precision = PPV",
-        title="Precision-recall curve",
-        aspect="equal",
-    )
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    label = f"threshold {threshold:.2f}: recall {sens:.2f}, precision {_fmt(ppv)}"
+    return _unit_square(fig, ax, (sens, ppv, label), "Precision-recall curve", "lower left",
+                        "Recall = sensitivity", "Precision = PPV")  # fmt: skip
 
 
 def confusion_figure(probs: np.ndarray, labels: np.ndarray, threshold: float) -> Figure:

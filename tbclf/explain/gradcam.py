@@ -30,6 +30,7 @@ from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
 from tbclf.io import (
     check_can_write,
+    image_row,
     new_figure,
     save_figure,
     write_csv,
@@ -347,12 +348,7 @@ def contact_sheet(
     shown: dict[str, list[dict[str, Any]]] = {}
     layer = find_target_layer(model) if model is not None else None
     for sub, (group, idx) in zip(subfigs, cases.items(), strict=True):
-        sub.suptitle(f"{GROUP_TITLES[group]}: {len(idx)} shown", fontsize=10)
-        axes = sub.subplots(1, ncols, squeeze=False)[0]
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_frame_on(False)
+        axes = image_row(sub, f"{GROUP_TITLES[group]}: {len(idx)} shown", ncols)
         shown[group] = []
         if not idx:
             axes[0].text(0.02, 0.5, "none", fontsize=10, transform=axes[0].transAxes)

@@ -24,6 +24,7 @@ from tbclf.io import (
     atomic_write_json,
     atomic_write_text,
     check_can_write,
+    image_row,
     new_figure,
     save_figure,
     write_csv_dicts,
@@ -181,12 +182,7 @@ def contact_sheet(
     fig = new_figure(2.7 * per_row, 6.4)
     subfigs = fig.subfigures(2, 1)
     for sub, (group, chosen) in zip(subfigs, picked.items(), strict=True):
-        sub.suptitle(f"{group.capitalize()} by energy", fontsize=10)
-        axes = sub.subplots(1, per_row, squeeze=False)[0]
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_frame_on(False)
+        axes = image_row(sub, f"{group.capitalize()} by energy", per_row)
         for ax, row in zip(axes, chosen, strict=False):
             item = items[row["id"]]
             gray = read_gray(item.record.path).astype(np.float32) / 255.0

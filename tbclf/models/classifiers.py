@@ -1,13 +1,14 @@
 """The two classifiers the configs name: a timm transfer-learning model and the small CNN.
 
 Arguments are plain typed values with defaults so LightningCLI (subclass mode, e.g.
-``class_path: tbclf.models.TimmClassifier``) can build them from YAML. The common arguments are
-repeated in each signature on purpose: jsonargparse then sees every option without resolving
-``**kwargs``.
+``class_path: tbclf.models.TimmClassifier``) can build them from YAML. The common training
+arguments live once, on :class:`tbclf.models.module.TBClassifier`: each subclass passes
+``**kwargs`` on to it, and jsonargparse follows that call to list them as ``model.init_args.*``.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -17,7 +18,7 @@ from tbclf.errors import ConfigError
 from tbclf.models.backbone import create_backbone
 from tbclf.models.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
 from tbclf.models.input import InputAdapter, timm_input_adapter
-from tbclf.models.module import SchedulerName, TBClassifier, ThresholdStrategy
+from tbclf.models.module import TBClassifier
 from tbclf.models.simple_cnn import SimpleCNN
 
 
@@ -37,8 +38,8 @@ class TimmClassifier(TBClassifier):
         unfreeze_from: None unfreezes the whole backbone; an int k keeps the stem and
             ``blocks[:k]`` frozen for the whole run.
         backbone_lr_factor: backbone learning rate = head learning rate * this factor.
-        lr, weight_decay, scheduler, pos_weight, threshold_strategy, target_sensitivity,
-            channels_last, input_spec: see :class:`tbclf.models.module.TBClassifier`.
+        **kwargs: the training options of :class:`tbclf.models.module.TBClassifier` (lr,
+            weight_decay, scheduler, pos_weight, threshold_strategy, ...).
     """
 
     def __init__(
@@ -51,26 +52,10 @@ class TimmClassifier(TBClassifier):
         freeze_epochs: int = 5,
         unfreeze_from: int | None = None,
         backbone_lr_factor: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: SchedulerName = "cosine",
-        pos_weight: float | None = None,
-        threshold_strategy: ThresholdStrategy = "sensitivity",
-        target_sensitivity: float = 0.9,
-        channels_last: bool = True,
-        input_spec: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            pos_weight=pos_weight,
-            threshold_strategy=threshold_strategy,
-            target_sensitivity=target_sensitivity,
-            channels_last=channels_last,
-            input_spec=input_spec,
-        )
-        self.save_hyperparameters()
+        kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
+        super().__init__(**kwargs)  # saves this signature's arguments and the common ones
         if freeze_epochs < 0:
             raise ConfigError(f"model.freeze_epochs must be >= 0, got {freeze_epochs}")
         if backbone_lr_factor <= 0:
@@ -83,7 +68,7 @@ class TimmClassifier(TBClassifier):
         self.net = create_backbone(
             backbone, pretrained=pretrained, weights=weights, in_chans=in_chans, drop_rate=drop_rate
         )
-        self.input_adapter = timm_input_adapter(self.net, in_chans, channels_last)
+        self.input_adapter = timm_input_adapter(self.net, in_chans, self.channels_last)
         self._network_spec()
         if unfreeze_from is not None:
             blocks = getattr(self.net, "blocks", None)
@@ -169,8 +154,8 @@ class SimpleCNNClassifier(TBClassifier):
         adaptive_pool: average-pool the features to this size before flattening (None = plain
             flatten as the original; then ``image_size`` must equal the data's image size).
         image_size: input side length, used to size the first dense layer.
-        lr, weight_decay, scheduler, pos_weight, threshold_strategy, target_sensitivity,
-            channels_last, input_spec: see :class:`tbclf.models.module.TBClassifier`.
+        **kwargs: the training options of :class:`tbclf.models.module.TBClassifier` (lr,
+            weight_decay, scheduler, pos_weight, threshold_strategy, ...).
     """
 
     def __init__(
@@ -183,42 +168,18 @@ class SimpleCNNClassifier(TBClassifier):
         head: list[int] = [64, 32, 16],  # noqa: B006
         adaptive_pool: int | None = None,
         image_size: int = 224,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: SchedulerName = "cosine",
-        pos_weight: float | None = None,
-        threshold_strategy: ThresholdStrategy = "sensitivity",
-        target_sensitivity: float = 0.9,
-        channels_last: bool = True,
-        input_spec: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            pos_weight=pos_weight,
-            threshold_strategy=threshold_strategy,
-            target_sensitivity=target_sensitivity,
-            channels_last=channels_last,
-            input_spec=input_spec,
-        )
-        self.save_hyperparameters()
+        kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
+        super().__init__(**kwargs)  # saves this signature's arguments and the common ones
         try:
-            self.net = SimpleCNN(
-                in_chans=1,
-                channels=channels,
-                kernel_sizes=kernel_sizes,
-                padding=padding,
-                batch_norm=batch_norm,
-                dropout=dropout,
-                head=head,
-                adaptive_pool=adaptive_pool,
-                image_size=image_size,
-            )
+            # The architecture arguments are SimpleCNN's own, under the same names.
+            arch = inspect.signature(SimpleCNN).parameters
+            self.net = SimpleCNN(in_chans=1, **{k: v for k, v in self.hparams.items() if k in arch})
         except ValueError as e:
             raise ConfigError(f"model (SimpleCNNClassifier): {e}") from e
         self.input_adapter = InputAdapter(
-            in_chans=1, mean=(0.5,), std=(0.5,), channels_last=channels_last
+            in_chans=1, mean=(0.5,), std=(0.5,), channels_last=self.channels_last
         )
         self._network_spec()
         self.image_size = int(image_size)

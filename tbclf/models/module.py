@@ -67,6 +67,9 @@ class TBClassifier(pl.LightningModule):
         input_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # Called here, it records the subclass's arguments too (Lightning walks the __init__
+        # frames), so every hparams.yaml lists the whole signature, defaults included.
+        self.save_hyperparameters()
         self.input_spec = InputSpec.from_dict(input_spec, where="model.input_spec")
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
