@@ -30,6 +30,7 @@ from tbclf.data.layouts import discover
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
 from tbclf.data.splits import load_split
+from tbclf.engine.provenance import threshold_info_of
 from tbclf.engine.rundir import run_dir_of
 from tbclf.errors import ConfigError
 from tbclf.evaluation.roc import auroc
@@ -48,6 +49,7 @@ META_VERSION = "tbclf.version"
 META_RUN = "tbclf.training_run"
 META_MODEL = "tbclf.model"
 META_QUANT = "tbclf.quantization"
+META_THRESHOLD_SOURCE = "tbclf.threshold_source"
 CLASSES = {
     "output": f"'{OUTPUT_NAME}' is the TB logit per image; P(TB) = sigmoid(logit)",
     "decision": "TB when P(TB) >= tbclf.threshold, else healthy",
@@ -97,8 +99,10 @@ def training_run(ckpt_path: str | Path) -> dict[str, Any]:
 def model_description(model: torch.nn.Module) -> dict[str, Any]:
     """The architecture in a few words (class, backbone, channels)."""
     hparams = dict(getattr(model, "hparams", {}) or {})
+    cls = type(model)
     return {
-        "class": type(model).__name__,
+        "class": cls.__name__,
+        "class_path": f"{cls.__module__}.{cls.__qualname__}",
         "backbone": hparams.get("backbone"),
         "in_chans": model.input_spec.in_chans,
     }
@@ -109,6 +113,7 @@ def metadata(model: torch.nn.Module, run: dict[str, Any] | None) -> dict[str, st
     return {
         META_SPEC: json.dumps(model.input_spec.to_dict()),
         META_THRESHOLD: repr(float(model.threshold)),
+        META_THRESHOLD_SOURCE: json.dumps(threshold_info_of(model, (run or {}).get("checkpoint"))),
         META_CLASSES: json.dumps(CLASSES),
         META_VERSION: tbclf.__version__,
         META_RUN: json.dumps(run or {}),

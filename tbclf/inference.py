@@ -26,6 +26,7 @@ import tbclf
 from tbclf.data import imageio
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.data.spec import InputSpec
+from tbclf.engine.provenance import DECISION_RULE, model_record
 from tbclf.errors import ConfigError
 
 LABELS = {0: "healthy", 1: "TB"}
@@ -77,6 +78,7 @@ class Predictor:
     threshold: float
     info: ModelInfo
     path: Path
+    record: dict[str, Any]  # the predictions.json sidecar's account of the model
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(B, 1, S, S) float32 in [0, 1] -> (B,) logits."""
@@ -146,6 +148,7 @@ class OnnxPredictor(Predictor):
             self.threshold = float(meta[export.META_THRESHOLD])
             run = json.loads(meta.get(export.META_RUN) or "{}")
             model = json.loads(meta.get(export.META_MODEL) or "{}")
+            source = json.loads(meta.get(export.META_THRESHOLD_SOURCE) or "{}")
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{self.path}: unreadable tbclf metadata ({error}).") from None
         self.session = export.ort_session(proto.SerializeToString(), threads)
@@ -157,6 +160,18 @@ class OnnxPredictor(Predictor):
             tbclf_version=meta.get(export.META_VERSION, "?"),
             quantization=meta.get(export.META_QUANT, "none"),
         )
+        self.record = {
+            "threshold": self.threshold,
+            "threshold_source": {
+                **({"source": "validation"} if not source else source),
+                "model_file": str(self.path.resolve()),
+            },
+            "decision_rule": DECISION_RULE,
+            "model_class": model.get("class_path") or model.get("class"),
+            "input_spec": self.spec.to_dict(),
+            "tbclf_version": self.info.tbclf_version,
+            "model": self.info.to_dict(),
+        }
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         from tbclf.export import INPUT_NAME, OUTPUT_NAME
@@ -203,6 +218,7 @@ class TorchPredictor(Predictor):
         self.spec = self.model.input_spec
         self.threshold = float(self.model.threshold)
         self.explain_lock = threading.Lock()  # Grad-CAM hooks the shared model
+        self.record = model_record(self.model, str(self.path.resolve()))
         run_dir = run_dir_of(self.path)
         model = model_description(self.model)
         self.info = ModelInfo(

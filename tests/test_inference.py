@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,27 @@ def test_cli_predict_with_onnx_writes_the_same_csv_as_the_checkpoint(run, tmp_pa
         other = by_id[row["ID"]]
         assert abs(float(row["LABEL"]) - float(other["LABEL"])) <= 1e-4
         assert (row["DECISION"], row["TRUE_LABEL"]) == (other["DECISION"], other["TRUE_LABEL"])
-    # same overwrite rule: an existing CSV stops the run, untouched
+    # the same sidecar: the threshold behind DECISION, its origin, the model and its input spec
+    side_a = json.loads(ckpt_csv.with_suffix(".json").read_text())
+    side_b = json.loads(onnx_csv.with_suffix(".json").read_text())
+    assert side_b["threshold"] == pytest.approx(side_a["threshold"], abs=1e-7)
+    assert side_b["n"] == side_a["n"] == 41 and side_b["predictions_csv"] == onnx_csv.name
+    for key in ("decision_rule", "model_class", "input_spec", "tbclf_version"):
+        assert side_b[key] == side_a[key], key
+    source_a, source_b = side_a["threshold_source"], side_b["threshold_source"]
+    assert source_b["strategy"] == source_a["strategy"] and source_b["source"] == "validation"
+    assert source_b["model_file"] == str(Path(run["onnx"]).resolve())
+    # ... which `report` reads instead of inferring the threshold from DECISION
+    report_out = tmp_path / "report_onnx"
+    labels = tmp_path / "labels.csv"  # the extra image has no class folder: label it here
+    labels.write_text("ID,LABEL\n" + "".join(f"{r['ID']},{r['TRUE_LABEL'] or 0}\n" for r in rows_b))
+    report_cmd = ["report", "--predictions", str(onnx_csv), "--labels", str(labels)]
+    done = run_cli([*report_cmd, "--out", str(report_out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((report_out / "metrics.json").read_text())
+    assert metrics["threshold"] == pytest.approx(side_a["threshold"])
+    assert metrics["threshold_info"]["from"].endswith("onnx.json")
+    # same overwrite rule: an existing CSV (or its sidecar) stops the run, untouched
     before = onnx_csv.read_bytes()
     done = run_cli(
         ["predict", "--model", str(run["onnx"]), *common, "--writer.output", str(onnx_csv)],

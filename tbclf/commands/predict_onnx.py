@@ -60,6 +60,6 @@ def main(argv: list[str]) -> Path:
         for record, prob in zip(kept, predictor.probabilities(np.stack(batch)), strict=True):
             p = predictor.decide(prob)
             rows.append((record.id, p.prob, p.decision, record.label))
-    path = write_predictions(output, rows)
-    print(f"wrote {len(rows)} predictions to {path}")
+    path = write_predictions(output, rows, predictor.record)
+    print(f"wrote {len(rows)} predictions to {path} (threshold and model: {path.stem}.json)")
     return path

@@ -1,16 +1,20 @@
-"""predictions.csv: its columns, its overwrite rule and its rows, shared by every predict path.
+"""predictions.csv and its predictions.json sidecar: columns, overwrite rule, rows and the
+record of the threshold behind DECISION, shared by every predict path.
 
 Lightning's predict (:class:`tbclf.engine.writer.PredictionWriter`) and the ONNX path
-(`tbclf predict --model model.onnx`) write through here, so both give the same file.
+(`tbclf predict --model model.onnx`) write through here, so both give the same files and
+`tbclf report` reads the threshold of either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tbclf.errors import ConfigError
-from tbclf.io import write_csv
+from tbclf.evaluation.report import sidecar_path
+from tbclf.io import atomic_write_json, write_csv
 
 FIELDS = ["ID", "LABEL", "DECISION"]
 # (id, P(TB), decision 0/1, true label or None)
@@ -18,19 +22,40 @@ Row = tuple[str, float, int, "int | None"]
 
 
 def check_output_free(path: Path, overwrite: bool) -> None:
-    """Stop before any image is predicted when the CSV exists and overwrite was not asked."""
-    if path.exists() and not overwrite:
+    """Stop before any image is predicted when the CSV or its sidecar exists and overwrite was
+    not asked (or when the CSV's name would make it its own sidecar)."""
+    if path.suffix.lower() == ".json":
         raise ConfigError(
-            f"{path} already exists. Pass --writer.overwrite true to replace it, or "
-            "--writer.output OTHER.csv to keep both."
+            f"--writer.output {path}: the CSV needs another suffix than .json (its sidecar "
+            "is the same path with .json)."
         )
+    for existing in (path, sidecar_path(path)):
+        if existing.exists() and not overwrite:
+            raise ConfigError(
+                f"{existing} already exists. Pass --writer.overwrite true to replace it, or "
+                "--writer.output OTHER.csv to keep both."
+            )
 
 
-def write_predictions(path: str | Path, rows: Iterable[Row]) -> Path:
-    """ID,LABEL,DECISION (plus TRUE_LABEL when any row has one), written atomically."""
+def write_predictions(
+    path: str | Path, rows: Iterable[Row], record: dict[str, Any] | None = None
+) -> Path:
+    """ID,LABEL,DECISION (plus TRUE_LABEL when any row has one), written atomically; then,
+    given the model's ``record`` (threshold, its origin, model, input spec), the sidecar."""
     rows = list(rows)
     if not rows:
         raise ConfigError("predict produced no rows: is data.predict_root empty?")
+    sidecar = sidecar_path(path)
+    # A stale sidecar must never describe new rows: gone before the CSV changes, written
+    # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
+    sidecar.unlink(missing_ok=True)
+    written = _write_rows(Path(path), rows)
+    if record is not None:
+        atomic_write_json(sidecar, {"predictions_csv": written.name, "n": len(rows), **record})
+    return written
+
+
+def _write_rows(path: Path, rows: list[Row]) -> Path:
     with_truth = any(row[3] is not None for row in rows)
     return write_csv(
         path,

@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 
 import tbclf
 
+DECISION_RULE = "TB (DECISION 1) if LABEL = P(TB) >= threshold"
+
 
 def threshold_info_of(
     pl_module: pl.LightningModule, checkpoint: str | None = None
@@ -41,7 +43,7 @@ def model_record(pl_module: pl.LightningModule, checkpoint: str | None) -> dict[
     return {
         "threshold": module_threshold(pl_module),
         "threshold_source": threshold_info_of(pl_module, checkpoint),
-        "decision_rule": "TB (DECISION 1) if LABEL = P(TB) >= threshold",
+        "decision_rule": DECISION_RULE,
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "input_spec": spec.to_dict() if spec is not None else None,
         "tbclf_version": tbclf.__version__,

@@ -16,7 +16,6 @@ from tbclf.engine.predictions import FIELDS, check_output_free, write_prediction
 from tbclf.engine.provenance import model_record
 from tbclf.errors import ConfigError
 from tbclf.evaluation.report import sidecar_path
-from tbclf.io import atomic_write_json
 
 __all__ = ["FIELDS", "PredictionWriter"]
 
@@ -47,14 +46,7 @@ class PredictionWriter(BasePredictionWriter):
         return folder / "predictions.csv"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = self.resolve_output(trainer)
-        if path.suffix.lower() == ".json":
-            raise ConfigError(
-                f"--writer.output {path}: the CSV needs another suffix than .json (its sidecar "
-                "is the same path with .json)."
-            )
-        for existing in (path, sidecar_path(path)):
-            check_output_free(existing, self.overwrite)
+        check_output_free(self.resolve_output(trainer), self.overwrite)
         if trainer.world_size > 1:
             raise ConfigError(
                 "predict writes one CSV from one process: run it with --trainer.devices 1 "
@@ -69,22 +61,14 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: Any,
     ) -> None:
         rows = list(_rows(predictions))
-        if not rows:
-            raise ConfigError("predict produced no rows: is data.predict_root empty?")
-        path = self.resolve_output(trainer)
-        sidecar = sidecar_path(path)
-        # A stale sidecar must never describe new rows: gone before the CSV changes, written
-        # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
-        sidecar.unlink(missing_ok=True)
-        path = write_predictions(path, rows)
+        record = None
+        if pl_module is not None:  # called outside a predict loop: no model to describe
+            ckpt = getattr(trainer, "ckpt_path", None)
+            record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
+        path = write_predictions(self.resolve_output(trainer), rows, record)
         self.written = path
-        if pl_module is None:  # called outside a predict loop: no model to describe
-            print(f"wrote {len(rows)} predictions to {path}")
-            return
-        ckpt = getattr(trainer, "ckpt_path", None)
-        record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
-        atomic_write_json(sidecar, {"predictions_csv": path.name, "n": len(rows), **record})
-        print(f"wrote {len(rows)} predictions to {path} (threshold and model: {sidecar})")
+        told = f" (threshold and model: {sidecar_path(path)})" if record else ""
+        print(f"wrote {len(rows)} predictions to {path}{told}")
 
 
 def _rows(predictions: Any):
