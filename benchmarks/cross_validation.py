@@ -46,6 +46,21 @@ DEFAULT_RUNS = [
 
 def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespace) -> dict:
     """Train one fold and return its held-out test metrics."""
+    out = fold_dir(args.out, args.tag, variant, preprocessing, fold)
+    split = {"num_folds": args.folds, "fold": fold}
+    return train_and_score(variant, preprocessing, args, split, out, {"fold": fold})
+
+
+def train_and_score(
+    variant: str,
+    preprocessing: str,
+    args: argparse.Namespace,
+    split: dict,
+    out: Path,
+    extra: dict,
+) -> dict:
+    """Train `variant` on the `split` options' train part (early stopping and threshold on its
+    val part), score its test part once, and keep the row and the test predictions in `out`."""
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -71,12 +86,10 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
         batch_size=args.batch_size or config["data"]["batch_size"],
         num_workers=args.workers,
         seed=args.seed,
-        num_folds=args.folds,
-        fold=fold,
         val_fraction=0.15,
         cache_dir=args.cache,
+        **split,
     )
-    out = fold_dir(args.out, args.tag, variant, preprocessing, fold)
     patience = args.patience or config["early_stopping"]["patience"]
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val/auroc", mode="max")
     callbacks = [checkpoint, EarlyStopping("val/auroc", mode="max", patience=patience)]
@@ -101,7 +114,8 @@ def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespa
     row = {
         "variant": variant,
         "preprocessing": preprocessing,
-        "fold": fold,
+        **extra,
+        "n_train": len(data.split["train"]),
         "test_auroc": float(result["test/auroc"]),
         "test_sensitivity": float(result.get("test/sensitivity", float("nan"))),
         "test_specificity": float(result.get("test/specificity", float("nan"))),
@@ -200,8 +214,55 @@ def subset(probs: list, labels: list, sources: list, source: str) -> tuple[list,
     return [probs[i] for i in keep], [labels[i] for i in keep]
 
 
+def pooled_point(group: list[dict], prefix: str = "test") -> tuple[float, float]:
+    """Sensitivity and specificity of all folds' test images together, each fold at its own
+    validation-chosen threshold: sum of per-fold TP (TN) over all positives (negatives)."""
+    tp = pos = tn = neg = 0.0
+    for r in group:
+        labels = r["predictions"]["label"]
+        p, n = sum(1 for y in labels if y == 1), sum(1 for y in labels if y == 0)
+        tp, pos = tp + r[f"{prefix}_sensitivity"] * p, pos + p
+        tn, neg = tn + r[f"{prefix}_specificity"] * n, neg + n
+    return tp / pos, tn / neg
+
+
+def lever_rows(group: list[dict]) -> dict[str, dict]:
+    """The levers measured on each fold's best model without retraining: name -> per-fold
+    AUROC, sens./spec. and pooled probabilities (aligned with the fold's labels)."""
+    out: dict[str, dict] = {}
+    for name, key in (("TTA", "_tta"),):
+        if not all(f"score{key}_test_auroc" in r and r.get("predictions") for r in group):
+            continue
+        probs, labels, sources = [], [], []
+        for r in group:
+            pred = r["predictions"]
+            rows = zip(pred["id"], pred["label"], pred["source"], strict=True)
+            by_id = {i: (y, s) for i, y, s in rows}
+            probs += pred[f"prob{key}_scored"]
+            labels += [by_id[i][0] for i in pred[f"id{key}_scored"]]
+            sources += [by_id[i][1] for i in pred[f"id{key}_scored"]]
+        out[name] = {"prefix": f"score{key}_test", "prob": probs, "label": labels,
+                     "source": sources}  # fmt: skip
+    return out
+
+
+def _row(name: str, prep: str, group: list[dict], prefix: str, pooled: str, point: str) -> str:
+    auc = [r[f"{prefix}_auroc"] for r in group]
+    sens = statistics.mean(r[f"{prefix}_sensitivity"] for r in group)
+    spec = statistics.mean(r[f"{prefix}_specificity"] for r in group)
+    std = statistics.stdev(auc) if len(auc) > 1 else 0.0
+    minutes = statistics.mean(r["seconds"] for r in group) / 60
+    return (
+        f"| {name} | {prep} | {statistics.mean(auc):.3f} | {std:.3f} | "
+        f"{min(auc):.3f}-{max(auc):.3f} | {pooled} | {sens:.2f} / {spec:.2f} | {point} | "
+        f"{minutes:.1f} | {len(group)} |"
+    )
+
+
 def table(rows: list[dict]) -> str:
-    """Fold AUROC mean and spread per variant, pooled AUROC, then pooled AUROC per source."""
+    """Per variant: fold AUROC mean and spread, pooled AUROC, sens./spec. at the chosen point
+    (fold mean and pooled), minutes per fold; a row per test-time lever; pooled AUROC per
+    source; calibration before and after temperature scaling."""
     from tbclf.evaluation.roc import auroc
 
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -210,29 +271,45 @@ def table(rows: list[dict]) -> str:
         groups.setdefault((name, row["preprocessing"]), []).append(row)
     lines = [
         "| model | preprocessing | test AUROC mean | std | min-max | pooled AUROC "
-        "| sens. / spec. mean | folds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sens. / spec. mean | pooled sens. / spec. | min/fold | folds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_source: dict[tuple[str, str], dict[str, str]] = {}
+    calibration = []
     for (variant, prep), group in groups.items():
-        auc = [r["test_auroc"] for r in group]
-        sens = statistics.mean(r["test_sensitivity"] for r in group)
-        spec = statistics.mean(r["test_specificity"] for r in group)
-        std = statistics.stdev(auc) if len(auc) > 1 else 0.0
-        pooled = ""
+        pooled = point = ""
+        levers = {}
         if all(r.get("predictions") for r in group):
             probs = [p for r in group for p in r["predictions"]["prob"]]
             labels = [y for r in group for y in r["predictions"]["label"]]
             sources = [s for r in group for s in r["predictions"]["source"]]
             pooled = f"{auroc(probs, labels):.3f}"
+            point = "{:.2f} / {:.2f}".format(*pooled_point(group))
             by_source[(variant, prep)] = {
                 source: f"{auroc(*subset(probs, labels, sources, source)):.3f}"
                 for source in sorted(set(sources))
             }
-        lines.append(
-            f"| {variant} | {prep} | {statistics.mean(auc):.3f} | {std:.3f} | "
-            f"{min(auc):.3f}-{max(auc):.3f} | {pooled} | {sens:.2f} / {spec:.2f} | {len(group)} |"
-        )
+            levers = lever_rows(group)
+        lines.append(_row(variant, prep, group, "test", pooled, point))
+        for lever, values in levers.items():
+            name = f"{variant} + {lever}"
+            pooled = f"{auroc(values['prob'], values['label']):.3f}"
+            point = "{:.2f} / {:.2f}".format(*pooled_point(group, values["prefix"]))
+            lines.append(_row(name, prep, group, values["prefix"], pooled, point))
+            by_source[(name, prep)] = {
+                source: f"{auroc(*subset(values['prob'], values['label'], values['source'], source)):.3f}"  # noqa: E501
+                for source in sorted(set(values["source"]))
+            }
+        if all("score_brier" in r for r in group):
+            mean = {k: statistics.mean(r[f"score_{k}"] for r in group)
+                    for k in ("temperature", "brier", "brier_cal", "ece", "ece_cal", "nll",
+                              "nll_cal")}  # fmt: skip
+            lowered = sum(r["score_nll_cal"] < r["score_nll"] for r in group)
+            calibration.append(
+                f"| {variant} | {prep} | {mean['temperature']:.2f} | {mean['brier']:.3f} -> "
+                f"{mean['brier_cal']:.3f} | {mean['ece']:.3f} -> {mean['ece_cal']:.3f} | "
+                f"{mean['nll']:.3f} -> {mean['nll_cal']:.3f} | {lowered}/{len(group)} |"
+            )
     if by_source:
         sources = sorted({s for v in by_source.values() for s in v})
         lines += [
@@ -243,35 +320,31 @@ def table(rows: list[dict]) -> str:
         for (variant, prep), values in by_source.items():
             cells = " | ".join(values.get(s, "") for s in sources)
             lines.append(f"| {variant} | {prep} | {cells} |")
+    if calibration:
+        lines += [
+            "",
+            "Temperature scaling fitted on each fold's validation part, scored on its test part "
+            "(fold means):",
+            "",
+            "| model | preprocessing | temperature | Brier before -> after | ECE before -> after "
+            "| NLL before -> after | folds with lower NLL |",
+            "|---|---|---|---|---|---|---|",
+            *calibration,
+        ]
     return "\n".join(lines)
 
 
-def parse_setting(item: str) -> tuple[str, object]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. unfreeze_from=2")
-    return key, yaml.safe_load(value)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark that trains models shares (defaults: the configs')."""
     parser.add_argument("--data", required=True, help="labelled data root")
-    parser.add_argument("--out", required=True, help="folder for per-fold results")
+    parser.add_argument("--out", required=True, help="folder for per-run results")
     parser.add_argument("--cache", default=".cache/tbclf")
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=DEFAULT_RUNS,
-        help="model:preprocessing pairs, models: " + ", ".join(VARIANTS),
-    )
-    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, help="max epochs (default: the config's)")
     parser.add_argument("--patience", type=int, help="early stopping (default: the config's)")
     parser.add_argument("--image-size", type=int, help="default: the config's")
     parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
-    parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--ema", type=float, default=None, help="EMA weight averaging with this decay per step"
@@ -287,8 +360,28 @@ def main() -> None:
     parser.add_argument(
         "--table-only",
         action="store_true",
-        help="only tabulate the folds already finished under --out",
+        help="only tabulate the runs already finished under --out",
     )
+
+
+def parse_setting(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. unfreeze_from=2")
+    return key, yaml.safe_load(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_training_args(parser)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=DEFAULT_RUNS,
+        help="model:preprocessing pairs, models: " + ", ".join(VARIANTS),
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
     args = parser.parse_args()
     args.set = dict(parse_setting(item) for item in args.set)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,15 @@ TRAINER_COMMANDS = {
     "predict": "P(TB) and decisions for new images, written to predictions.csv",
 }
 # The data options that choose the split; a run's split.json records them.
-SPLIT_OPTIONS = ("seed", "val_fraction", "test_fraction", "num_folds", "fold")
+SPLIT_OPTIONS = (
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "num_folds",
+    "fold",
+    "test_sources",
+    "train_sources",
+)
 
 
 def usage() -> str:
@@ -92,6 +100,13 @@ class TBCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "writer")
+        parser.add_argument(
+            "--tta",
+            type=bool,
+            default=False,
+            help="test-time augmentation: average P(TB) over a fixed set of slight zooms and "
+            "shifts (validate/test/predict; with fit, also the validation epochs)",
+        )
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -217,6 +232,7 @@ class TBCLI(LightningCLI):
         writer = self._get(self.config_init, "writer")
         if self._predict_dir is not None and isinstance(writer, PredictionWriter):
             writer.default_dir = self._predict_dir
+        self.model.tta = bool(self.config[self.subcommand].get("tta"))
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt:
             check_state_dict_fits(self.model, read_checkpoint(ckpt), ckpt)

@@ -105,6 +105,8 @@ def model_description(model: torch.nn.Module) -> dict[str, Any]:
         "class_path": f"{cls.__module__}.{cls.__qualname__}",
         "backbone": hparams.get("backbone"),
         "in_chans": model.input_spec.in_chans,
+        # Already inside the exported logit; recorded so the file says how it was calibrated.
+        "temperature": float(getattr(model, "temperature", 1.0)),
     }
 
 
@@ -188,9 +190,26 @@ def _static_adaptive_pools(model: torch.nn.Module, example: torch.Tensor) -> tor
     return fixed.eval()
 
 
+class ReportedLogits(torch.nn.Module):
+    """The model's reported logits (its temperature included), as the module to trace."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.input_spec = model.input_spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.calibrated_logits(images)
+
+
 def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET) -> onnx.ModelProto:
-    """Trace the model (eval mode, CPU, fp32) to ONNX with a dynamic batch axis."""
+    """Trace the model (eval mode, CPU, fp32) to ONNX with a dynamic batch axis; the output is
+    the logit the model reports (divided by its fitted temperature; no TTA)."""
     model = model.to("cpu", torch.float32).eval()
+    if getattr(model, "tta", False):
+        raise ConfigError("export traces one view per image: turn test-time augmentation off")
+    if hasattr(model, "calibrated_logits"):
+        model = ReportedLogits(model).eval()
     size = model.input_spec.image_size
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     model = _static_adaptive_pools(model, example)
@@ -250,12 +269,17 @@ def onnx_probabilities(session, images: np.ndarray, batch_size: int = 32) -> np.
     return _sigmoid(np.concatenate(out)) if out else np.zeros(0)
 
 
+def _reported(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    calibrated = getattr(model, "calibrated_logits", None)
+    return calibrated(images) if calibrated is not None else model(images)
+
+
 def torch_probabilities(
     model: torch.nn.Module, images: np.ndarray, batch_size: int = 32
 ) -> np.ndarray:
     with torch.inference_mode():
         out = [
-            model(torch.from_numpy(images[i : i + batch_size])).double().numpy()
+            _reported(model, torch.from_numpy(images[i : i + batch_size])).double().numpy()
             for i in range(0, len(images), batch_size)
         ]
     return _sigmoid(np.concatenate(out)) if out else np.zeros(0)

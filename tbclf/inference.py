@@ -167,6 +167,8 @@ class OnnxPredictor(Predictor):
                 "model_file": str(self.path.resolve()),
             },
             "decision_rule": DECISION_RULE,
+            "temperature": float(model.get("temperature", 1.0)),
+            "tta": False,
             "model_class": model.get("class_path") or model.get("class"),
             "input_spec": self.spec.to_dict(),
             "tbclf_version": self.info.tbclf_version,
@@ -231,7 +233,7 @@ class TorchPredictor(Predictor):
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(images)).float().numpy()
+            return self.model.calibrated_logits(torch.from_numpy(images)).numpy()
 
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Grad-CAM overlay (RGB uint8, S x S) and P(TB) for one prepared (1, S, S) image."""

@@ -168,3 +168,26 @@ class _Marker:
 
     def __reduce__(self):
         return (Path.touch, (self.path,))
+
+
+def test_predict_with_tta_averages_the_views_and_records_it(run, tmp_path: Path) -> None:
+    from tbclf.models.tta import tta_probs
+
+    base, run_dir = run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    out = tmp_path / "tta.csv"
+    proc = run_cli(
+        ["predict", "--ckpt_path", str(ckpt), "--data.predict_root", str(base / "data" / "sb"),
+         "--data.num_workers", "0", "--data.cache_dir", str(tmp_path / "cache"), "--tta", "true",
+         "--writer.output", str(out)],
+        cwd=base,
+    )  # fmt: skip
+    _ok(proc)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["tta"] is True and sidecar["temperature"] == 1.0
+    model = load_classifier(ckpt)
+    _, rows = read_output_csv(out)
+    paths = {p.stem: p for p in (base / "data" / "sb").rglob("*.png")}
+    for row in rows[:4]:
+        image = model.input_spec.prepare(paths[Path(row["ID"]).name])
+        assert tta_probs(model, image[None]).item() == pytest.approx(float(row["LABEL"]), abs=1e-5)

@@ -109,7 +109,7 @@ def test_every_option_is_a_hyperparameter(tmp_path: Path) -> None:
         "resize", "crop_border", "batch_size", "num_workers", "seed", "val_fraction",
         "test_fraction", "num_folds", "fold", "split_file", "cache_dir", "predict_root",
         "download", "skip_bad_images", "hflip", "max_pixels", "keep_lateral", "group_by",
-        "near_duplicates",
+        "near_duplicates", "test_sources", "train_sources",
     }  # fmt: skip
     assert set(dm.hparams) == expected
 
@@ -196,6 +196,26 @@ def test_k_fold_options(tmp_path: Path, data) -> None:
     assert set().union(*tests) == set(data) and sum(map(len, tests)) == len(data)
     with pytest.raises(ConfigError, match="data.fold"):
         module(tmp_path, num_folds=3, fold=3)
+
+
+def test_a_held_out_source_is_the_whole_test_set(tmp_path: Path, data) -> None:
+    everything = module(tmp_path)
+    everything.setup("fit")
+    sources = sorted({r.source for r in everything.records})
+    assert len(sources) >= 2
+    held = sources[0]
+    dm = module(tmp_path, test_sources=[held])
+    dm.setup("fit")
+    assert {r.source for r in dm.split["test"]} == {held}
+    assert len(dm.split["test"]) == sum(r.source == held for r in everything.records)
+    assert all(r.source != held for name in ("train", "val") for r in dm.split[name])
+    assert json.loads(dm.save_split(tmp_path / "s.json").read_text())["test_sources"] == [held]
+    with pytest.raises(ConfigError, match="num_folds"):
+        module(tmp_path, test_sources=[held], num_folds=3)
+    with pytest.raises(ConfigError, match="test_sources"):
+        module(tmp_path, train_sources=[held])
+    with pytest.raises(ConfigError, match="nowhere"):
+        module(tmp_path, test_sources=["nowhere"]).setup("fit")
 
 
 def test_bad_images_fail_setup_or_are_skipped_once(tmp_path: Path, data) -> None:

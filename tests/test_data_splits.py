@@ -17,6 +17,7 @@ from tbclf.data.splits import (
     hash_files,
     load_split,
     make_fold_split,
+    make_source_split,
     make_split,
     save_split,
 )
@@ -182,6 +183,30 @@ def test_k_fold_bad_options(data) -> None:
         make_fold_split(records, hashes, seed=0, num_folds=3, fold=3)
     with pytest.raises(ConfigError, match="data.num_folds"):
         make_fold_split(records, hashes, seed=0, num_folds=1, fold=0)
+
+
+def test_source_split_holds_out_whole_sites_and_their_copies(tmp_path: Path) -> None:
+    counts = {**COUNTS, ("c", 0): 20, ("c", 1): 20}
+    records = make_records(tmp_path / "d", counts)
+    # A copy of a held-out image filed under another source: it must not be trained on.
+    copy = tmp_path / "d" / "a" / "0" / "copy-of-c.png"
+    copy.write_bytes((tmp_path / "d" / "c" / "1" / "img000.png").read_bytes())
+    records.append(Record("a/0/copy-of-c", copy, 1, "a"))
+    hashes = hash_files(records)
+    split = make_source_split(records, hashes, 0, ["c"])
+    assert {r.source for r in split["test"]} == {"c", "a"}
+    assert copy in {r.path for r in split["test"]}
+    assert len(split["test"]) == 41
+    trained = split["train"] + split["val"]
+    assert {r.source for r in trained} == {"a", "b"} and len(trained) == len(records) - 41
+    assert paths(make_source_split(records, hashes, 0, ["c"])) == paths(split)
+    one = make_source_split(records, hashes, 0, ["a", "c"], train_sources=["b"])
+    assert {r.source for r in one["train"] + one["val"]} == {"b"}
+    assert {r.source for r in one["test"]} == {"a", "c"}
+    with pytest.raises(ConfigError, match=r"source\(s\) \['z'\]"):
+        make_source_split(records, hashes, 0, ["z"])
+    with pytest.raises(ConfigError, match="share"):
+        make_source_split(records, hashes, 0, ["a"], train_sources=["a"])
 
 
 def test_split_file_round_trip(data, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_gathered_outputs_keep_each_image_once_in_data_set_order() -> None:
         return {
             "id": [f"img{i}" for i in indices],
             "source": ["s"] * len(indices),
-            "prob": np.array([i / 10 for i in indices], dtype=np.float32),
+            "logit": np.array([i / 10 for i in indices], dtype=np.float32),
             "label": np.array([i % 2 for i in indices], dtype=np.float32),
             "index": np.array(indices),
         }
@@ -83,7 +83,7 @@ def test_gathered_outputs_keep_each_image_once_in_data_set_order() -> None:
     model._collected["val"] = [part([0, 2]), part([4]), part([1, 3]), part([0])]
     out = model._gathered("val")
     assert out["id"].tolist() == [f"img{i}" for i in range(5)]
-    np.testing.assert_array_equal(out["prob"], np.arange(5, dtype=np.float32) / 10)
+    np.testing.assert_array_equal(out["logit"], np.arange(5, dtype=np.float32) / 10)
     np.testing.assert_array_equal(out["label"], [0, 1, 0, 1, 0])
     assert model._collected["val"] == []
 

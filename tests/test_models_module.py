@@ -38,7 +38,7 @@ def test_fit_logs_metrics_picks_threshold_and_checkpoints_it(tmp_path):
     assert 0.0 <= float(logged["val/auroc"]) <= 1.0
 
     out = model.val_outputs
-    assert set(out) == {"id", "source", "view", "prob", "label"} and len(out["id"]) == 24
+    assert set(out) == {"id", "source", "view", "logit", "prob", "label"} and len(out["id"]) == 24
     assert out["id"][0] == "img1_000" and set(out["source"]) == {"fake_a", "fake_b"}
     threshold = float(model.threshold)
     assert float(logged["val/threshold"]) == pytest.approx(threshold)

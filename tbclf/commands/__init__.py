@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "export": "a checkpoint as a self-describing ONNX model (optionally also INT8)",
     "serve": "HTTP API and web page for a .onnx or .ckpt model (127.0.0.1 by default)",
     "ensemble": "average several checkpoints (optionally with TTA) on a folder of images",
+    "cv": "k-fold cross-validation: a run folder per fold, pooled out-of-fold estimate",
 }
 
 

@@ -33,6 +33,7 @@ from tbclf.data.splits import (
     linked_groups,
     load_split,
     make_fold_split,
+    make_source_split,
     make_split,
     relative_path,
     save_split,
@@ -67,6 +68,8 @@ class TBDataModule(pl.LightningDataModule):
         num_folds: int | None = None,
         fold: int = 0,
         split_file: str | Path | None = None,
+        test_sources: list[str] | None = None,
+        train_sources: list[str] | None = None,
         cache_dir: str | Path = ".cache/tbclf",
         predict_root: str | Path | None = None,
         download: bool = False,
@@ -95,6 +98,10 @@ class TBDataModule(pl.LightningDataModule):
             num_folds: Use k-fold splitting instead of fractions (test = fold `fold`).
             fold: Which fold is the test set when num_folds is set.
             split_file: JSON split (from a previous run's split.json) to reuse exactly.
+            test_sources: Hold out whole image sources (sites, e.g. ["montgomery"]) as the
+                test set: how the model does on a site it never saw.
+            train_sources: With test_sources, train and validate on these sources only
+                (default: all the others).
             cache_dir: Where decoded, resized images are cached.
             predict_root: Folder, image or Zindi CSV to predict on.
             download: Download the public NLM sets into root when it has no images.
@@ -132,6 +139,14 @@ class TBDataModule(pl.LightningDataModule):
         self.num_folds = None if num_folds is None else int(num_folds)
         self.fold = int(fold)
         self.split_file = Path(split_file) if split_file is not None else None
+        self.test_sources = list(test_sources) if test_sources else None
+        self.train_sources = list(train_sources) if train_sources else None
+        if self.train_sources and not self.test_sources:
+            raise ConfigError("data.train_sources needs data.test_sources (the held-out site).")
+        if self.test_sources and num_folds is not None:
+            raise ConfigError(
+                "data.test_sources and data.num_folds both choose the test set: set one."
+            )
         self.cache_dir = Path(cache_dir).expanduser()
         self.predict_root = Path(predict_root).expanduser() if predict_root is not None else None
         self.download = download
@@ -274,6 +289,11 @@ class TBDataModule(pl.LightningDataModule):
         if self.split_file is not None:
             split = load_split(self.split_file, records, self.root)
             split = {k: [r for r in v if Path(r.path) in kept_paths] for k, v in split.items()}
+        elif self.test_sources:
+            split = make_source_split(
+                kept, hashes, self.seed, self.test_sources, self.train_sources,
+                self.val_fraction, groups=self._link(kept, hashes),
+            )  # fmt: skip
         elif self.num_folds is not None:
             split = make_fold_split(
                 kept, hashes, self.seed, self.num_folds, self.fold, self.val_fraction,
@@ -356,6 +376,8 @@ class TBDataModule(pl.LightningDataModule):
             "test_fraction": self.test_fraction,
             "num_folds": self.num_folds,
             "fold": self.fold,
+            "test_sources": self.test_sources,
+            "train_sources": self.train_sources,
             "layout": self.layout,
             "split_file": str(self.split_file) if self.split_file else None,
             "duplicates": [[relative_path(r.path, root) for r in g] for g in self.duplicates],

@@ -370,6 +370,55 @@ def make_fold_split(
     return split
 
 
+def make_source_split(
+    records: Sequence[Record],
+    hashes: Mapping[Path, str],
+    seed: int,
+    test_sources: Sequence[str],
+    train_sources: Sequence[str] | None = None,
+    val_fraction: float = 0.15,
+    groups: Mapping[Path, str] | None = None,
+) -> Split:
+    """test = every image of `test_sources` (a site the model never saw); train/val =
+    `train_sources` (default: all other sources), val stratified. A group (duplicates,
+    near-duplicates, a patient) with an image in the test sources goes wholly to test, so no
+    copy of a test image is trained on."""
+    known = sorted({r.source for r in records})
+    test_set, train_set = set(test_sources), set(train_sources or [])
+    for name, chosen in (("test_sources", test_set), ("train_sources", train_set)):
+        unknown = sorted(chosen - set(known))
+        if unknown:
+            raise ConfigError(
+                f"data.{name}: no images from source(s) {unknown}; the sources found are {known}."
+            )
+    if not test_set:
+        raise ConfigError(f"data.test_sources is empty; name one or more of {known}.")
+    if test_set & train_set:
+        raise ConfigError(
+            f"data.train_sources and data.test_sources share {sorted(test_set & train_set)}: "
+            "a held-out site cannot also be trained on."
+        )
+    _check_fractions(val_fraction, 0.0)
+    keys = {Path(r.path): (groups or {}).get(Path(r.path)) or _hash_of(r, hashes) for r in records}
+    held = {keys[Path(r.path)] for r in records if r.source in test_set}
+    test = [r for r in records if keys[Path(r.path)] in held]
+    rest = [
+        r
+        for r in records
+        if keys[Path(r.path)] not in held and (not train_set or r.source in train_set)
+    ]
+    # A stream per held-out set: which sources are held out, not the order they were named.
+    rng = np.random.default_rng([seed, *(known.index(s) for s in sorted(test_set))])
+    val, train = _take(_strata(rest, hashes, groups), val_fraction, rng)
+    split = {
+        "train": _flatten(train),
+        "val": _flatten(val),
+        "test": sorted(test, key=lambda r: (str(r.path), r.id)),
+    }
+    check_split(split)
+    return split
+
+
 # --------------------------------------------------------------------------- split files
 
 

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 # Buffers chosen on validation rather than learned: never averaged into a checkpoint.
-CHOSEN_BUFFERS = ("threshold",)
+CHOSEN_BUFFERS = ("threshold", "temperature")
 
 
 class EMA(EMAWeightAveraging):

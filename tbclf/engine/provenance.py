@@ -44,6 +44,8 @@ def model_record(pl_module: pl.LightningModule, checkpoint: str | None) -> dict[
         "threshold": module_threshold(pl_module),
         "threshold_source": threshold_info_of(pl_module, checkpoint),
         "decision_rule": DECISION_RULE,
+        "temperature": float(getattr(pl_module, "temperature", 1.0)),
+        "tta": bool(getattr(pl_module, "tta", False)),
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "input_spec": spec.to_dict() if spec is not None else None,
         "tbclf_version": tbclf.__version__,

@@ -66,6 +66,20 @@ def _torch_load(path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"{path}: not a tbclf checkpoint; pass a .ckpt written by tbclf fit.")
+    return fill_missing_buffers(checkpoint)
+
+
+# Buffers added after the first release, with the value that means "as before".
+LATER_BUFFERS = {"temperature": 1.0}
+
+
+def fill_missing_buffers(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Older tbclf checkpoints (they have a ``threshold`` buffer) get the buffers added
+    since, at their neutral value, so they load and score exactly as they did."""
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and "threshold" in state:
+        for name, value in LATER_BUFFERS.items():
+            state.setdefault(name, torch.tensor(value, dtype=torch.float32))
     return checkpoint
 
 

@@ -6,7 +6,10 @@ Subclasses only build ``self.input_adapter`` (gray [0,1] -> network input) and `
 The operating threshold is chosen on the validation set at the end of each validation epoch
 (``tbclf.evaluation.threshold.pick_threshold``) and kept in the ``threshold`` buffer, so the
 checkpoint that ModelCheckpoint keeps for the best ``val/auroc`` carries the threshold picked on
-that same epoch; test metrics and predictions use it unchanged.
+that same epoch; test metrics and predictions use it unchanged. With ``calibrate`` a
+temperature is fitted on the same validation logits (``temperature`` buffer, 1 = none) and every
+probability the model reports is ``sigmoid(logit / temperature)``; the threshold is picked on
+those calibrated probabilities, so decisions are unchanged by it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
 from tbclf.evaluation.metrics import point_metrics
 from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
+from tbclf.models.tta import prob_to_logit, tta_probs
 
 SCHEDULERS = ("cosine", "plateau", "none")
 STAGES = ("val", "test")
@@ -43,7 +47,12 @@ class TBClassifier(pl.LightningModule):
         weight_decay: AdamW decoupled weight decay.
         scheduler: "cosine" (over trainer.max_epochs), "plateau" (ReduceLROnPlateau on
             val/auroc) or "none".
-        pos_weight: weight of the TB class in the loss (e.g. n_healthy / n_tb); None = 1.
+        pos_weight: weight of the TB class in the loss (e.g. n_healthy / n_tb); "auto" =
+            n_healthy / n_tb of the training split, counted when training starts; None = 1.
+        label_smoothing: targets pulled towards 0.5 by this amount (0 = hard 0/1 labels).
+        calibrate: fit a temperature on the validation logits (temperature scaling) each
+            validation epoch; it is saved in the checkpoint and divides every logit the model
+            reports (test, predict, export, serve). AUROC and decisions do not change.
         threshold_strategy: how the operating threshold is picked on validation data.
         target_sensitivity: sensitivity the "sensitivity" strategy must reach on validation.
         channels_last: channels-last memory layout for model and input on CUDA.
@@ -60,7 +69,9 @@ class TBClassifier(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         scheduler: SchedulerName = "cosine",
-        pos_weight: float | None = None,
+        pos_weight: float | Literal["auto"] | None = None,
+        label_smoothing: float = 0.0,
+        calibrate: bool = False,
         threshold_strategy: ThresholdStrategy = "sensitivity",
         target_sensitivity: float = 0.9,
         channels_last: bool = True,
@@ -77,8 +88,10 @@ class TBClassifier(pl.LightningModule):
             raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-        if pos_weight is not None and pos_weight <= 0:
-            raise ConfigError(f"model.pos_weight must be > 0 or null, got {pos_weight}")
+        if pos_weight is not None and pos_weight != "auto" and not float(pos_weight) > 0:
+            raise ConfigError(f"model.pos_weight must be > 0, 'auto' or null, got {pos_weight}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         if threshold_strategy not in STRATEGIES:
             raise ConfigError(
                 f"model.threshold_strategy must be one of {STRATEGIES}, got {threshold_strategy!r}"
@@ -90,12 +103,19 @@ class TBClassifier(pl.LightningModule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.scheduler_name = scheduler
-        self.pos_weight = None if pos_weight is None else float(pos_weight)
+        self.pos_weight_option = pos_weight
+        self.pos_weight = None if pos_weight in (None, "auto") else float(pos_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.calibrate = bool(calibrate)
+        # Test-time augmentation for test/predict (`tbclf test --tta true`): a run-time
+        # choice, not a hyperparameter, so a checkpoint scores either way.
+        self.tta = False
         self.threshold_strategy = threshold_strategy
         self.target_sensitivity = float(target_sensitivity)
         self.channels_last = bool(channels_last)
 
         self.register_buffer("threshold", torch.tensor(DEFAULT_THRESHOLD, dtype=torch.float32))
+        self.register_buffer("temperature", torch.tensor(1.0, dtype=torch.float32))
         self._collected: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGES}
         # Last epoch's per-image results (numpy arrays "id", "source", "prob", "label"), for the
         # report code; None until a validation / test epoch has run.
@@ -156,6 +176,23 @@ class TBClassifier(pl.LightningModule):
         """(B, 1, H, W) images in [0, 1] -> (B,) logits."""
         return self.net(self.input_adapter(images))[:, 0]
 
+    def _scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) float32 logits before the temperature: of the TTA-averaged probability when
+        ``self.tta`` is on."""
+        if self.tta:
+            return prob_to_logit(tta_probs(self, images).float())
+        return self(images).float()
+
+    def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) the logits the model reports: P(TB) = sigmoid(these). Every consumer (predict,
+        export, the predictor, the web service) uses this, so all of them agree."""
+        return self._scores(images) / self.temperature
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from tbclf.models.loading import fill_missing_buffers
+
+        fill_missing_buffers(checkpoint)
+
     def target_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (for Grad-CAM)."""
         raise NotImplementedError
@@ -166,6 +203,19 @@ class TBClassifier(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._to_channels_last()
+        if self.pos_weight_option == "auto":
+            self.pos_weight = self._auto_pos_weight()
+
+    def _auto_pos_weight(self) -> float:
+        split = getattr(getattr(self._trainer, "datamodule", None), "split", None) or {}
+        labels = [r.label for r in split.get("train", [])]
+        n_tb, n_healthy = labels.count(1), labels.count(0)
+        if not n_tb or not n_healthy:
+            raise ConfigError(
+                "model.pos_weight=auto counts the training split's classes, but the data "
+                f"module gave {n_tb} TB and {n_healthy} healthy training images; set a number."
+            )
+        return n_healthy / n_tb
 
     def on_validation_start(self) -> None:
         self._to_channels_last()
@@ -211,6 +261,8 @@ class TBClassifier(pl.LightningModule):
             if self.pos_weight is None
             else torch.tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
         )
+        if self.label_smoothing:
+            labels = labels * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -226,7 +278,7 @@ class TBClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        logits = self(batch["image"]).float()
+        logits = self._scores(batch["image"])
         labels = batch["label"].float().to(logits.device)
         labeled = ~torch.isnan(labels)
         if labeled.any():
@@ -240,7 +292,7 @@ class TBClassifier(pl.LightningModule):
                 "id": [str(i) for i in batch["id"]],
                 "source": [str(s) for s in batch.get("source", [""] * n)],
                 "view": [str(v) for v in batch.get("view", [""] * n)],
-                "prob": torch.sigmoid(logits).detach().cpu().numpy().astype(np.float32),
+                "logit": logits.detach().cpu().numpy().astype(np.float32),
                 "label": labels.detach().cpu().numpy().astype(np.float32),
                 # Position in the data set (None from loaders without it): see _gathered.
                 "index": None if index is None else torch.as_tensor(index).cpu().numpy(),
@@ -257,7 +309,7 @@ class TBClassifier(pl.LightningModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Any]:
         """Per image: id, source, TB probability, decision (prob >= threshold) and label."""
-        probs = torch.sigmoid(self(batch["image"]).float()).detach().cpu()
+        probs = torch.sigmoid(self.calibrated_logits(batch["image"])).detach().cpu()
         n = probs.numel()
         label = batch.get("label")
         return {
@@ -302,7 +354,7 @@ class TBClassifier(pl.LightningModule):
                 "id": np.array([], dtype=str),
                 "source": np.array([], dtype=str),
                 "view": np.array([], dtype=str),
-                "prob": np.array([], dtype=np.float32),
+                "logit": np.array([], dtype=np.float32),
                 "label": np.array([], dtype=np.float32),
             }
         out = {
@@ -311,7 +363,7 @@ class TBClassifier(pl.LightningModule):
             "view": np.array(
                 [v for p in parts for v in p.get("view", [""] * len(p["id"]))], dtype=str
             ),
-            "prob": np.concatenate([p["prob"] for p in parts]),
+            "logit": np.concatenate([p["logit"] for p in parts]),
             "label": np.concatenate([p["label"] for p in parts]),
         }
         if any(p.get("index") is None for p in parts):
@@ -325,8 +377,17 @@ class TBClassifier(pl.LightningModule):
         sanity = self._trainer is not None and self.trainer.sanity_checking
         if sanity:
             return  # a couple of batches: no threshold, no metrics, no warnings
-        setattr(self, f"{stage}_outputs", outputs)
         labeled = ~np.isnan(outputs["label"])
+        if stage == "val" and self.calibrate:
+            from tbclf.evaluation.calibration import fit_temperature
+
+            temperature = fit_temperature(outputs["logit"][labeled], outputs["label"][labeled])
+            self.temperature.fill_(temperature)
+            self.log("val/temperature", float(self.temperature), sync_dist=True)
+        # The probabilities every later step reports: float32, as predict_step computes them.
+        logits = torch.from_numpy(outputs["logit"]) / self.temperature.cpu()
+        outputs["prob"] = torch.sigmoid(logits).numpy()
+        setattr(self, f"{stage}_outputs", outputs)
         probs, labels = outputs["prob"][labeled], outputs["label"][labeled]
         if stage == "val":
             with warnings.catch_warnings():
