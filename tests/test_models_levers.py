@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
+from tbclf.explain.gradcam import compute_cams
 from tbclf.export import onnx_probabilities, ort_session, to_onnx_proto
 from tbclf.models import SimpleCNNClassifier
 from tbclf.models.loading import load_classifier
@@ -53,6 +54,8 @@ def test_temperature_is_fitted_on_validation_saved_and_used_everywhere(tmp_path)
     assert torch.allclose(reported, torch.sigmoid(raw / temperature))
     preds = trainer.predict(loaded, dataloaders=DataLoader(FakeImages(8, seed=5), batch_size=4))
     assert torch.allclose(torch.cat([p["prob"] for p in preds]), reported, atol=1e-6)
+    _, cam_probs = compute_cams(loaded, images)  # Grad-CAM's P(TB) (explain, serve) too
+    assert np.allclose(cam_probs, reported.numpy(), atol=1e-5)
     # The exported model carries the temperature inside its logit.
     session = ort_session(to_onnx_proto(loaded).SerializeToString())
     assert np.allclose(onnx_probabilities(session, images.numpy()), reported.numpy(), atol=1e-4)

@@ -360,6 +360,18 @@ def make_fold_split(
     rest = [r for r in records if folds[Path(r.path)] != fold]
     # A separate stream per fold: the val pick of fold 2 does not depend on folds 0 and 1.
     rng = np.random.default_rng([seed, num_folds, fold])
+    return _with_val(test, rest, hashes, groups, val_fraction, rng)
+
+
+def _with_val(
+    test: Sequence[Record],
+    rest: Sequence[Record],
+    hashes: Mapping[Path, str],
+    groups: Mapping[Path, str] | None,
+    val_fraction: float,
+    rng: np.random.Generator,
+) -> Split:
+    """A split whose test set is given: validation is a stratified pick from the rest."""
     val, train = _take(_strata(rest, hashes, groups), val_fraction, rng)
     split = {
         "train": _flatten(train),
@@ -409,14 +421,7 @@ def make_source_split(
     ]
     # A stream per held-out set: which sources are held out, not the order they were named.
     rng = np.random.default_rng([seed, *(known.index(s) for s in sorted(test_set))])
-    val, train = _take(_strata(rest, hashes, groups), val_fraction, rng)
-    split = {
-        "train": _flatten(train),
-        "val": _flatten(val),
-        "test": sorted(test, key=lambda r: (str(r.path), r.id)),
-    }
-    check_split(split)
-    return split
+    return _with_val(test, rest, hashes, groups, val_fraction, rng)
 
 
 # --------------------------------------------------------------------------- split files

@@ -101,6 +101,10 @@ def compute_cams(
     finally:
         cam.activations_and_grads.release()
         model.train(was_training)
+    # P(TB) as the model reports it everywhere else: its fitted temperature included.
+    temperature = getattr(model, "temperature", None)
+    if isinstance(temperature, torch.Tensor):
+        logits = logits.float() / temperature.to(logits.device)
     probs = torch.sigmoid(logits.float()).cpu().numpy()
     return np.asarray(maps, dtype=np.float32), probs
 
