@@ -11,3 +11,17 @@ class DataError(TbclfError, ValueError):
 
 class ConfigError(TbclfError, ValueError):
     """A configuration value, weights file or checkpoint that does not fit."""
+
+
+class TooManyPixels(DataError):
+    """An image whose header declares more pixels than allowed (a decompression-bomb guard);
+    raised before any pixel is decoded. The web service answers it with 413."""
+
+    @classmethod
+    def check(cls, path: object, height: int, width: int, max_pixels: int) -> None:
+        if height * width > max_pixels:
+            raise cls(
+                f"Image {path} is {width}x{height} = {height * width} pixels, more than "
+                f"data.max_pixels={max_pixels} (a guard against decompression bombs). Raise "
+                "data.max_pixels if the image is genuine, or remove the file."
+            )

@@ -201,6 +201,22 @@ def test_decompression_bomb_is_refused_from_the_header(onnx_client, monkeypatch)
     assert "100000x100000" in detail and "max_pixels" in detail
 
 
+def test_a_tiff_bomb_is_413_by_its_error_type(onnx_client, monkeypatch):
+    """TIFF headers are checked by the reader itself: its TooManyPixels error becomes 413."""
+    import struct
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(imageio.cv2, "imdecode", no_decoding)
+    entries = [(256, 4, 1, 100_000), (257, 4, 1, 90_000)]  # ImageWidth, ImageLength (LONG)
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+    bomb = b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4
+    files = {"file": ("bomb.tif", bomb, "image/tiff")}
+    detail = _error(onnx_client.post("/predict", files=files), 413, "too_many_pixels")
+    assert "100000x90000" in detail and "max_pixels" in detail
+
+
 def test_uploads_are_never_written_to_disk(models, monkeypatch):
     """A 3 MB upload (above Starlette's 1 MiB spooling size) with every tempfile route shut."""
     rng = np.random.default_rng(0)

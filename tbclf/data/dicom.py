@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tbclf.errors import DataError
+from tbclf.errors import DataError, TooManyPixels
 
 DICOM_MAGIC = b"DICM"
 _MAGIC_OFFSET = 128
@@ -188,12 +188,7 @@ def check_decodable(info: DicomInfo, path: Path, max_pixels: int) -> None:
         )
     if info.rows <= 0 or info.columns <= 0:
         raise _bad(path, "the header gives no Rows/Columns")
-    if info.rows * info.columns > max_pixels:
-        raise DataError(
-            f"Image {path} is {info.columns}x{info.rows} = {info.rows * info.columns} pixels, "
-            f"more than data.max_pixels={max_pixels} (a guard against decompression bombs). "
-            "Raise data.max_pixels if the image is genuine, or remove the file."
-        )
+    TooManyPixels.check(path, info.rows, info.columns, max_pixels)
     _check_decoder(info.transfer_syntax, path)
 
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from tbclf.data import dicom
-from tbclf.errors import ConfigError, DataError
+from tbclf.errors import ConfigError, DataError, TooManyPixels
 
 DEFAULT_MAX_PIXELS = 200_000_000
 RESIZE_MODES = ("pad", "squash")
@@ -238,12 +238,7 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
-    if height * width > max_pixels:
-        raise DataError(
-            f"Image {path} is {width}x{height} = {height * width} pixels, more than "
-            f"data.max_pixels={max_pixels} (a guard against decompression bombs). Raise "
-            "data.max_pixels if the image is genuine, or remove the file."
-        )
+    TooManyPixels.check(path, height, width, max_pixels)
 
 
 def effective_bit_depth(max_value: int) -> int:

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 import tbclf
 from tbclf.data import imageio
-from tbclf.errors import DataError
+from tbclf.errors import DataError, TooManyPixels
 from tbclf.inference import Predictor, TorchPredictor, describe
 from tbclf.serve.triage import SCOPE, triage_text
 from tbclf.serve.upload import Upload, UploadError, read_upload
@@ -91,7 +91,7 @@ def prepare_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> np.
     try:
         gray = imageio.decode_bytes(data, name, max_pixels)
     except DataError as error:
-        if "max_pixels" in str(error):  # formats whose header the reader checks itself
+        if isinstance(error, TooManyPixels):  # formats whose header the reader checks itself
             raise UploadError(413, "too_many_pixels", str(error)) from None
         if not checked:
             raise UploadError(
