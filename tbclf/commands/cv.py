@@ -56,7 +56,9 @@ def _latest_report(run_dir: Path) -> Path:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="tbclf cv", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tbclf cv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--folds", type=int, default=5, help="k (default 5)")
     parser.add_argument("--group", default=None,
                         help="run group folder under the logger's save_dir (default: "
