@@ -188,6 +188,11 @@ class TBClassifier(pl.LightningModule):
         export, the predictor, the web service) uses this, so all of them agree."""
         return self._scores(images) / self.temperature
 
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) P(TB) for prepared (B, 1, S, S) images, exactly as `predict` reports it."""
+        return torch.sigmoid(self.calibrated_logits(images))
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from tbclf.models.loading import fill_missing_buffers
 
