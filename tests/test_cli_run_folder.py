@@ -184,10 +184,18 @@ def test_predict_with_tta_averages_the_views_and_records_it(run, tmp_path: Path)
     )  # fmt: skip
     _ok(proc)
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert sidecar["tta"] is True and sidecar["temperature"] == 1.0
     model = load_classifier(ckpt)
+    # The shipped configs calibrate: the run's temperature is in the checkpoint and the record.
+    assert model.hparams.calibrate is True and float(model.temperature) != 1.0
+    assert sidecar["tta"] is True
+    assert sidecar["temperature"] == pytest.approx(float(model.temperature))
     _, rows = read_output_csv(out)
     paths = {p.stem: p for p in (base / "data" / "sb").rglob("*.png")}
     for row in rows[:4]:
         image = model.input_spec.prepare(paths[Path(row["ID"]).name])
-        assert tta_probs(model, image[None]).item() == pytest.approx(float(row["LABEL"]), abs=1e-5)
+        model.tta = True
+        expected = pytest.approx(float(row["LABEL"]), abs=1e-5)
+        assert model.predict_proba(image[None]).item() == expected
+        raw = tta_probs(model, image[None])  # the views' mean, then the temperature
+        calibrated = torch.sigmoid(torch.logit(raw) / model.temperature)
+        assert calibrated.item() == expected
