@@ -24,12 +24,19 @@ def _ok(proc) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
-    """(workspace, run folder) of a 48-px CLAHE simple-CNN fit."""
+    """(workspace, run folder) of a 48-px CLAHE simple-CNN fit, temperature-scaled."""
     base = tmp_path_factory.mktemp("runfolder")
     make_learnable(base / "data")
     _ok(
         run_cli(
-            ["fit", "--config", str(CONFIGS / "simple_cnn.yaml"), *small_run_args(base / "data")],
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "simple_cnn.yaml"),
+                *small_run_args(base / "data"),
+                "--model.init_args.calibrate",
+                "true",
+            ],  # fmt: skip
             cwd=base,
         )
     )
@@ -185,7 +192,7 @@ def test_predict_with_tta_averages_the_views_and_records_it(run, tmp_path: Path)
     _ok(proc)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     model = load_classifier(ckpt)
-    # The shipped configs calibrate: the run's temperature is in the checkpoint and the record.
+    # The run's fitted temperature is in the checkpoint and in the predictions' record.
     assert model.hparams.calibrate is True and float(model.temperature) != 1.0
     assert sidecar["tta"] is True
     assert sidecar["temperature"] == pytest.approx(float(model.temperature))
