@@ -314,7 +314,7 @@ class TBClassifier(pl.LightningModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Any]:
         """Per image: id, source, TB probability, decision (prob >= threshold) and label."""
-        probs = torch.sigmoid(self.calibrated_logits(batch["image"])).detach().cpu()
+        probs = self.predict_proba(batch["image"]).cpu()
         n = probs.numel()
         label = batch.get("label")
         return {
