@@ -77,7 +77,9 @@ def train_and_score(
     kwargs = {**model_cfg["init_args"], **args.set, **overrides}  # "frozen" stays frozen
     if "Timm" in model_cfg["class_path"]:
         kwargs.update(pretrained=False, weights=str(offline_mobilenetv2_weights()))
-    pl.seed_everything(args.seed, workers=True)
+    # The data seed fixes the folds and the training order; the model seed the weights' init
+    # and dropout, so members of a seed ensemble share every split.
+    pl.seed_everything(args.seed if args.model_seed is None else args.model_seed, workers=True)
     model = getattr(models, model_cfg["class_path"].rsplit(".", 1)[1])(**kwargs)
     data = TBDataModule(
         root=args.data,
@@ -131,6 +133,7 @@ def train_and_score(
     }
     row["seconds_train"] = time.perf_counter() - start
     row["ema"] = args.ema
+    row["model_seed"] = args.model_seed
     outputs = {k: v.tolist() for k, v in model.test_outputs.items()}
     outputs.update(test_time_levers(checkpoint.best_model_path, data, row))
     os.remove(checkpoint.best_model_path)  # keep the output folder small
@@ -174,6 +177,10 @@ def test_time_levers(ckpt: str, data, row: dict) -> dict:
         })  # fmt: skip
         extra[f"prob{name}_scored"] = t["prob"].tolist()
         extra[f"id{name}_scored"] = t["id"].tolist()
+        # Validation predictions too: an ensemble of folds' models picks its threshold there.
+        extra[f"val_prob{name}"] = v["prob"].tolist()
+        extra[f"val_id{name}"] = v["id"].tolist()
+        extra[f"val_label{name}"] = v["label"].tolist()
     return extra
 
 
@@ -345,7 +352,14 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per job")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="fixes the folds and splits")
+    parser.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="seed of the weights' init and dropout (default: --seed); a seed ensemble's "
+        "members differ only in it",
+    )
     parser.add_argument(
         "--ema", type=float, default=None, help="EMA weight averaging with this decay per step"
     )

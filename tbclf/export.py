@@ -107,6 +107,8 @@ def model_description(model: torch.nn.Module) -> dict[str, Any]:
         "in_chans": model.input_spec.in_chans,
         # Already inside the exported logit; recorded so the file says how it was calibrated.
         "temperature": float(getattr(model, "temperature", 1.0)),
+        # Test-time augmentation traced into the graph: the logit of the views' mean P(TB).
+        "tta": bool(getattr(model, "tta", False)),
     }
 
 
@@ -204,10 +206,9 @@ class ReportedLogits(torch.nn.Module):
 
 def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET) -> onnx.ModelProto:
     """Trace the model (eval mode, CPU, fp32) to ONNX with a dynamic batch axis; the output is
-    the logit the model reports (divided by its fitted temperature; no TTA)."""
+    the logit the model reports (divided by its fitted temperature; of the mean P(TB) over
+    the test-time views when ``model.tta`` is on, so the file costs one pass per view)."""
     model = model.to("cpu", torch.float32).eval()
-    if getattr(model, "tta", False):
-        raise ConfigError("export traces one view per image: turn test-time augmentation off")
     if hasattr(model, "calibrated_logits"):
         model = ReportedLogits(model).eval()
     size = model.input_spec.image_size

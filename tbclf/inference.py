@@ -168,7 +168,7 @@ class OnnxPredictor(Predictor):
             },
             "decision_rule": DECISION_RULE,
             "temperature": float(model.get("temperature", 1.0)),
-            "tta": False,
+            "tta": bool(model.get("tta", False)),
             "model_class": model.get("class_path") or model.get("class"),
             "input_spec": self.spec.to_dict(),
             "tbclf_version": self.info.tbclf_version,

@@ -37,6 +37,6 @@ def test_cv_trains_a_run_per_fold_and_pools_out_of_fold_predictions(tmp_path: Pa
         assert scored == tested and not scored & trained
     pooled = auroc([float(r["LABEL"]) for r in rows], [int(r["TRUE_LABEL"]) for r in rows])
     assert summary["pooled_auroc"]["value"] == pytest.approx(pooled)
-    assert "tbclf ensemble --ckpt_path" in proc.stdout
+    assert "tbclf ensemble --group" in proc.stdout
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode != 0 and "cv.json" in again.stderr and "overwrite" in again.stderr

@@ -68,6 +68,25 @@ def test_onnx_probabilities_equal_pytorch_for_any_batch(runs, kind, tmp_path):
         np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
+def test_tta_export_equals_pytorch_tta_and_says_so(runs, tmp_path):
+    from tbclf.inference import OnnxPredictor
+
+    model = load_classifier(runs["simple"])
+    size = model.input_spec.image_size
+    images = torch.rand(3, 1, size, size, generator=torch.Generator().manual_seed(4))
+    plain = export.torch_probabilities(model, images.numpy())
+    result = run_command("export", ["--ckpt_path", str(runs["simple"]), "--tta", "true",
+                                    "--out", str(tmp_path / "tta.onnx")])  # fmt: skip
+    ours = export.onnx_probabilities(export.ort_session(result["onnx"]), images.numpy())
+    model.tta = True
+    np.testing.assert_allclose(ours, export.torch_probabilities(model, images.numpy()),
+                               atol=1e-4, rtol=0)  # fmt: skip
+    assert np.abs(ours - plain).max() > 1e-5  # the views were traced, not dropped
+    meta = export.read_metadata(onnx.load(result["onnx"]))
+    assert json.loads(meta[export.META_MODEL])["tta"] is True
+    assert OnnxPredictor(result["onnx"]).record["tta"] is True
+
+
 @pytest.mark.devset
 @pytest.mark.skipif(not DEV.is_dir(), reason=f"dev set not present at {DEV}")
 @pytest.mark.parametrize("kind", ["simple", "timm"])

@@ -50,3 +50,16 @@ def test_views_are_deterministic_and_identity_is_the_input():
     ramp = torch.linspace(0, 1, 16).expand(1, 1, 16, 16).contiguous()
     shifted = view(ramp, 1.0, 0.25, 0.0)
     assert shifted[0, 0, 0, 4] > ramp[0, 0, 0, 4]
+
+
+def test_view_samples_the_grid_affine_grid_gives():
+    import torch.nn.functional as F
+
+    images = torch.rand(3, 1, 24, 20, generator=torch.Generator().manual_seed(2))
+    for scale, dx, dy in DEFAULT_VIEWS[1:] + ((0.9, -0.1, 0.05),):
+        theta = torch.tensor([[scale, 0.0, dx], [0.0, scale, dy]]).expand(3, 2, 3)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        expected = F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        assert torch.allclose(view(images, scale, dx, dy), expected, atol=1e-6)

@@ -1,7 +1,7 @@
 """`tbclf cv`: k-fold cross-validation with the real CLI. Each fold is a `fit` in its own run
 folder (`runs/<group>/fold<i>/version_N`) tested once on its held-out fold; the out-of-fold
 predictions are pooled into one honest estimate (every image scored only by the model that
-never saw it), and the k checkpoints are listed for `tbclf ensemble`.
+never saw it), and the k checkpoints are listed in cv.json for `tbclf ensemble --group`.
 
     python -m tbclf cv --folds 5 --config configs/mobilenet.yaml --data.root DATA_DIR
 
@@ -111,9 +111,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"[{summary['pooled_auroc']['ci_low']:.3f}, {summary['pooled_auroc']['ci_high']:.3f}]; "
         f"sensitivity {summary['pooled_sensitivity']:.3f}, specificity "
         f"{summary['pooled_specificity']:.3f} at each fold's threshold -> {out / 'cv.json'}\n"
-        "Ensemble the fold models on new images with: python -m tbclf ensemble "
-        + " ".join(f"--ckpt_path {f['checkpoint']}" for f in folds)
-        + " --predict_root IMAGES --out OUT"
+        f"Ensemble the fold models on new images with: python -m tbclf ensemble --group {out} "
+        "--predict_root IMAGES --out OUT"
     )
     return summary
 

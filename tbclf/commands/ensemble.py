@@ -1,37 +1,55 @@
-"""`tbclf ensemble`: average several checkpoints' TB probabilities (optionally with test-time
-augmentation) on a folder of images, with the threshold and temperature chosen on the
-ensemble's predictions for a labelled validation folder."""
+"""`tbclf ensemble`: several checkpoints (or a `tbclf cv` run group) score the same images and
+their reported P(TB) is averaged; predictions.csv and its sidecar are the ones `predict` writes,
+and labelled images also get the report `test` writes.
+
+The ensemble's threshold (and optional temperature) is chosen on the ensemble's own
+predictions for labelled images its members never trained on (--val_root); for a run group
+without --val_root, on the group's pooled out-of-fold predictions (each image scored by the
+one fold model that never saw it); otherwise it is the members' mean threshold.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tbclf.commands.common import OUT, REPLACE, command_parser
 from tbclf.data.layouts import discover, discover_predict
-from tbclf.engine.ensemble import ensemble_scores, load_members, summary
+from tbclf.engine.ensemble import ensemble_scores, group_members, load_members, oof_scores
+from tbclf.engine.predictions import write_predictions
+from tbclf.engine.provenance import DECISION_RULE
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
 from tbclf.evaluation.roc import auroc
 from tbclf.evaluation.threshold import pick_threshold
-from tbclf.io import atomic_write_json, check_can_write, write_csv
+from tbclf.io import check_can_write
 
-OUTPUTS = ("predictions.csv", "ensemble.json")
+OUTPUTS = ("predictions.csv", "predictions.json", "report")
 
 
-def main(argv: list[str]) -> dict:
+def main(argv: list[str]) -> dict[str, Any]:
     parser = command_parser(
         "ensemble",
         __doc__.splitlines()[0],
-        required={"predict_root": "images to score", "out": OUT},
+        required={
+            "predict_root": "images to score (labelled ones also get a report)",
+            "out": OUT,
+        },  # fmt: skip
         overwrite=REPLACE,
     )
-    parser.add_argument("--ckpt_path", type=str, action="append", required=True,
+    parser.add_argument("--ckpt_path", type=str, action="append", default=None,
                         help="a member checkpoint (repeat for each model)")  # fmt: skip
     parser.add_argument(
+        "--group",
+        type=str | None,
+        default=None,
+        help="a `tbclf cv` run group (the folder with cv.json): its fold models are the members",
+    )
+    parser.add_argument(
         "--val_root",
-        type=str,
+        type=str | None,
         default=None,
         help="labelled images the members never trained on: threshold and temperature are "
         "chosen on the ensemble's predictions for them",
@@ -39,39 +57,82 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--tta", type=bool, default=False, help="test-time augmentation")
     parser.add_argument("--calibrate", type=bool, default=False,
                         help="temperature scaling fitted on --val_root")  # fmt: skip
+    parser.add_argument("--report", type=bool, default=True,
+                        help="write report/ when every image has a label")  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     out = check_can_write(args.out, OUTPUTS, args.overwrite)
     if args.calibrate and not args.val_root:
         raise ConfigError("--calibrate needs --val_root (labelled images to fit it on)")
-    models = load_members(args.ckpt_path)
-    info = {**summary(models, args.ckpt_path), "tta": args.tta, "temperature": 1.0}
+    paths = [*(args.ckpt_path or []), *(group_members(args.group) if args.group else [])]
+    if not paths:
+        raise ConfigError("name the members: --ckpt_path A --ckpt_path B, or --group RUN_GROUP")
+    models = load_members(paths)
+    first = models[0]
+    info: dict[str, Any] = {
+        "members": [str(p) for p in paths],
+        "member_thresholds": [float(m.threshold) for m in models],
+        "tta": args.tta,
+        "temperature": 1.0,
+    }
     if args.val_root:
         val = ensemble_scores(models, discover(Path(args.val_root)), args.tta, args.batch_size)
         if args.calibrate:
             info["temperature"] = cal.fit_temperature(val["logit"], val["label"])
         val_prob = cal.apply_temperature(val["logit"], info["temperature"])
-        first = models[0]
-        info["threshold"] = pick_threshold(
+        threshold = pick_threshold(
             val_prob, val["label"], first.threshold_strategy, first.target_sensitivity
         )
-        info["threshold_from"] = f"ensemble validation predictions on {args.val_root}"
+        origin = {"source": "ensemble validation", "val_root": str(args.val_root),
+                  "description": f"chosen on the ensemble's own predictions for the labelled "
+                  f"images in {args.val_root}{_goal(first)}"}  # fmt: skip
         info["val_auroc"] = auroc(val_prob.tolist(), val["label"].tolist())
         info["val"] = {
             **cal.calibration_metrics(val["prob"], val["label"], "before_"),
             **cal.calibration_metrics(val_prob, val["label"], "after_"),
         }
+    elif args.group:
+        oof = oof_scores(args.group)
+        threshold = pick_threshold(
+            oof["prob"], oof["label"], first.threshold_strategy, first.target_sensitivity
+        )
+        origin = {"source": "out-of-fold", "group": str(args.group),
+                  "description": f"chosen on the pooled out-of-fold predictions of {args.group} "
+                  f"(each image scored by the fold model that never saw it){_goal(first)}; "
+                  "single models, not the ensemble: --val_root picks it on the ensemble's "
+                  "own"}  # fmt: skip
     else:
-        info["threshold"] = float(np.mean(info["member_thresholds"]))
-        info["threshold_from"] = "mean of the members' thresholds (no --val_root given)"
+        threshold = float(np.mean(info["member_thresholds"]))
+        origin = {"source": "members",
+                  "description": "the mean of the members' validation thresholds (no --val_root "
+                  "given)"}  # fmt: skip
+    origin.update(strategy=first.threshold_strategy, target_sensitivity=first.target_sensitivity)
     scores = ensemble_scores(models, discover_predict(Path(args.predict_root)), args.tta,
                              args.batch_size)  # fmt: skip
     prob = cal.apply_temperature(scores["logit"], info["temperature"])
     rows = [
-        (i, s, f"{p:.6f}", int(p >= info["threshold"]), "" if np.isnan(y) else int(y))
-        for i, s, p, y in zip(scores["id"], scores["source"], prob, scores["label"], strict=True)
+        (i, float(p), int(p >= threshold), None if np.isnan(y) else int(y))
+        for i, p, y in zip(scores["id"], prob, scores["label"], strict=True)
     ]
-    write_csv(out / "predictions.csv", ("id", "source", "prob", "decision", "label"), rows)
-    atomic_write_json(out / "ensemble.json", info)
-    print(f"{len(rows)} images scored by {len(models)} models -> {out / 'predictions.csv'}")
-    return info
+    record = {
+        "threshold": float(threshold),
+        "threshold_source": origin,
+        "decision_rule": DECISION_RULE,
+        "model_class": f"ensemble of {len(models)} {type(first).__name__}",
+        "input_spec": first.input_spec.to_dict(),
+        "ensemble": info,
+    }
+    path = write_predictions(out / "predictions.csv", rows, record)
+    print(f"{len(rows)} images scored by {len(models)} models -> {path}")
+    if args.report and all(r[3] is not None for r in rows):
+        from tbclf.evaluation.report import report_from_csv
+
+        report_from_csv(path, out / "report", overwrite=True)
+        print(f"report written to {out / 'report' / 'report.md'}")
+    return {**info, "threshold": float(threshold), "threshold_source": origin}
+
+
+def _goal(model: Any) -> str:
+    if model.threshold_strategy == "sensitivity":
+        return f" for {100 * model.target_sensitivity:.0f}% sensitivity"
+    return f" ({model.threshold_strategy})"

@@ -42,6 +42,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--int8", type=bool, default=False, help="also write OUT.int8.onnx")
     parser.add_argument("--calibration_images", type=int, default=64)
     parser.add_argument("--max_auroc_change", type=float, default=export.MAX_INT8_AUROC_CHANGE)
+    parser.add_argument(
+        "--tta",
+        type=bool,
+        default=False,
+        help="trace test-time augmentation into the model (P(TB) averaged over 5 fixed views, "
+        "as `test --tta true`; 5x the inference cost)",
+    )
     parser.add_argument("--check_images", type=int, default=16, help="test images compared")
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
     cfg = parser.parse_args(argv)
@@ -56,6 +63,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             f"{export.MAX_INT8_AUROC_CHANGE}."
         )
     model = load_classifier(cfg.ckpt_path)
+    model.tta = cfg.tta
     run_dir = run_dir_of(cfg.ckpt_path)
     check = None
     if run_dir is not None and (run_dir / "split.json").is_file() and cfg.check_images > 0:

@@ -4,9 +4,9 @@ on the ensemble's own validation predictions, never taken from one member."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ import torch
 from tbclf.data.records import Record
 from tbclf.engine.scoring import average_scores, score_loader
 from tbclf.errors import ConfigError
+from tbclf.io import read_output_csv
 from tbclf.models.loading import load_classifier
 from tbclf.models.module import TBClassifier
 
@@ -58,11 +59,43 @@ def ensemble_scores(
     """Mean probability of the members per record (images decoded once, kept in memory
     only one batch at a time per member pass)."""
     batches = list(record_batches(models, records, batch_size))
-    return average_scores([score_loader(m, batches, tta) for m in models])
+    return average_scores([score_loader(m, batches, tta, calibrated=True) for m in models])
 
 
-def summary(models: Sequence[TBClassifier], paths: Sequence[str | Path]) -> dict[str, Any]:
-    return {
-        "members": [str(p) for p in paths],
-        "member_thresholds": [float(m.threshold) for m in models],
-    }
+def group_members(group: str | Path) -> list[Path]:
+    """The fold checkpoints a `tbclf cv` run group lists in its cv.json."""
+    cv_json = Path(group) / "cv.json"
+    try:
+        doc = json.loads(cv_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{cv_json} does not exist: --group takes the folder `tbclf cv` wrote "
+            "(runs/<name>_cv<k>)."
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"{cv_json} is unreadable ({error}).") from None
+    members = doc.get("members") if isinstance(doc, dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"{cv_json} has no 'members' list of checkpoints.")
+    paths = [Path(m) for m in members]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(
+                f"{cv_json} lists {path}, which is not there (moved?); name the members with "
+                "--ckpt_path instead."
+            )
+    return paths
+
+
+def oof_scores(group: str | Path) -> dict[str, np.ndarray]:
+    """The group's pooled out-of-fold P(TB) and labels (oof_predictions.csv of `tbclf cv`)."""
+    path = Path(group) / "oof_predictions.csv"
+    header, rows = read_output_csv(path)
+    if not {"LABEL", "TRUE_LABEL"} <= set(header) or not rows:
+        raise ConfigError(f"{path} has no LABEL/TRUE_LABEL rows: rerun `tbclf cv`.")
+    try:
+        prob = np.array([float(r["LABEL"]) for r in rows])
+        label = np.array([float(r["TRUE_LABEL"]) for r in rows])
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return {"prob": prob, "label": label}

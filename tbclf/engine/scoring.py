@@ -14,8 +14,14 @@ from tbclf.models.tta import prob_to_logit, tta_probs
 
 
 @torch.no_grad()
-def score_loader(model: nn.Module, loader: Any, tta: bool = False) -> dict[str, np.ndarray]:
-    """{"id", "source", "logit", "prob", "label"} arrays over the loader, in its order."""
+def score_loader(
+    model: nn.Module, loader: Any, tta: bool = False, calibrated: bool = False
+) -> dict[str, np.ndarray]:
+    """{"id", "source", "logit", "prob", "label"} arrays over the loader, in its order.
+
+    The logits are the network's own, or with ``calibrated`` the ones the model reports
+    (divided by its fitted temperature), so P(TB) is what `predict` would write.
+    """
     model.eval()
     device = next(model.parameters()).device
     ids: list[str] = []
@@ -24,7 +30,9 @@ def score_loader(model: nn.Module, loader: Any, tta: bool = False) -> dict[str, 
     labels: list[np.ndarray] = []
     for batch in loader:
         images = batch["image"].to(device)
-        if tta:
+        if calibrated and hasattr(model, "calibrated_logits"):
+            z = _reported(model, images, tta)
+        elif tta:
             z = prob_to_logit(tta_probs(model, images).double())
         else:
             z = model(images).double()
@@ -42,6 +50,16 @@ def score_loader(model: nn.Module, loader: Any, tta: bool = False) -> dict[str, 
         "prob": 1.0 / (1.0 + np.exp(-z)),
         "label": np.concatenate(labels) if labels else np.array([], dtype=np.float64),
     }
+
+
+def _reported(model: nn.Module, images: torch.Tensor, tta: bool) -> torch.Tensor:
+    """The model's own reported logits (temperature, and TTA when asked), as `predict` does."""
+    was = getattr(model, "tta", False)
+    model.tta = tta
+    try:
+        return model.calibrated_logits(images).double()
+    finally:
+        model.tta = was
 
 
 def average_scores(scores: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

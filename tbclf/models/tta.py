@@ -23,12 +23,20 @@ DEFAULT_VIEWS: tuple[tuple[float, float, float], ...] = (
 
 
 def view(images: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
-    """(B, C, H, W) images resampled by one zoom/shift (identity returns the input)."""
+    """(B, C, H, W) images resampled by one zoom/shift (identity returns the input).
+
+    The sampling grid is what ``F.affine_grid`` gives for ``[[scale, 0, dx], [0, scale, dy]]``
+    (align_corners=False), written with plain arithmetic so the view also exports to ONNX
+    (affine_grid has no ONNX form before opset 20; GridSample has one from 16).
+    """
     if scale == 1.0 and dx == 0.0 and dy == 0.0:
         return images
-    b = images.shape[0]
-    theta = images.new_tensor([[scale, 0.0, dx], [0.0, scale, dy]]).expand(b, 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    b, _, h, w = images.shape
+    xs = (torch.arange(w, dtype=images.dtype, device=images.device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=images.dtype, device=images.device) * 2 + 1) / h - 1
+    gx = (xs * scale + dx).view(1, 1, w, 1).expand(b, h, w, 1)
+    gy = (ys * scale + dy).view(1, h, 1, 1).expand(b, h, w, 1)
+    grid = torch.cat([gx, gy], dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
