@@ -253,6 +253,138 @@ def lever_rows(group: list[dict]) -> dict[str, dict]:
     return out
 
 
+def calibrates(row: dict) -> bool:
+    """Whether the run's model reports temperature-scaled P(TB) (its config and --set)."""
+    config = yaml.safe_load((REPO / "configs" / VARIANTS[row["variant"]][0]).read_text())
+    return bool({**config["model"]["init_args"], **row.get("set", {})}.get("calibrate", False))
+
+
+def fold_scores(row: dict, key: str = "") -> dict:
+    """One fold's validation and test P(TB) as the model reports it (its temperature applied
+    when it calibrates), sorted by image id; ``key`` "_tta" for the TTA scores."""
+    import numpy as np
+
+    pred = row["predictions"]
+    truth = dict(zip(pred["id"], zip(pred["label"], pred["source"], strict=True), strict=True))
+    temp = float(row.get(f"score{key}_temperature", 1.0)) if calibrates(row) else 1.0
+
+    def part(ids: list, probs: list, labels: list) -> dict:
+        order = np.argsort(np.array(ids, dtype=str), kind="stable")
+        p = np.clip(np.array(probs, dtype=np.float64)[order], 1e-7, 1 - 1e-7)
+        return {"id": np.array(ids, dtype=str)[order],
+                "prob": 1 / (1 + np.exp(-np.log(p / (1 - p)) / temp)),
+                "label": np.array(labels, dtype=np.float64)[order]}  # fmt: skip
+
+    test_ids = pred[f"id{key}_scored"]
+    test = part(test_ids, pred[f"prob{key}_scored"], [truth[i][0] for i in test_ids])
+    test["source"] = np.array([truth[i][1] for i in test["id"]], dtype=str)
+    val = part(pred[f"val_id{key}"], pred[f"val_prob{key}"], pred[f"val_label{key}"])
+    return {"test": test, "val": val, "seconds": row["seconds"], "fold": row["fold"]}
+
+
+def combine(members: list[dict]) -> dict:
+    """The ensemble of several runs on one fold: mean P(TB), validation and test."""
+    from tbclf.engine.scoring import average_scores
+
+    folds = {m["fold"] for m in members}
+    if len(folds) != 1:
+        raise ValueError(f"ensemble members come from different folds: {sorted(folds)}")
+    return {
+        "test": average_scores([m["test"] for m in members]),
+        "val": average_scores([m["val"] for m in members]),
+        "seconds": sum(m["seconds"] for m in members),
+        "fold": members[0]["fold"],
+    }
+
+
+def evaluate(scores: dict) -> dict:
+    """Threshold for 90% sensitivity on the validation part, applied to the test part."""
+    from tbclf.evaluation.roc import auroc
+    from tbclf.evaluation.threshold import pick_threshold, sensitivity_specificity
+
+    val, test = scores["val"], scores["test"]
+    threshold = pick_threshold(val["prob"], val["label"], "sensitivity", 0.9)
+    sens, spec = sensitivity_specificity(test["prob"], test["label"], threshold)
+    return {
+        "val_auroc": auroc(val["prob"].tolist(), val["label"].tolist()),
+        "test_auroc": auroc(test["prob"].tolist(), test["label"].tolist()),
+        "tp": sens * float((test["label"] == 1).sum()),
+        "tn": spec * float((test["label"] == 0).sum()),
+        "test": test,
+        "seconds": scores["seconds"],
+    }
+
+
+def select_on_validation(candidates: dict[str, list[dict]]) -> tuple[list[dict], list[str]]:
+    """Nested selection: per outer fold, the candidate with the best validation AUROC (the
+    validation part lies inside the fold's training data; ties go to the first, cheapest
+    candidate). Returns the chosen evaluations and names, fold by fold."""
+    names = list(candidates)
+    chosen, picks = [], []
+    for k in range(len(candidates[names[0]])):
+        best = max(names, key=lambda n: (candidates[n][k]["val_auroc"], -names.index(n)))
+        chosen.append(candidates[best][k])
+        picks.append(best)
+    return chosen, picks
+
+
+def _summary_row(name: str, folds: list[dict], note: str = "") -> str:
+    from tbclf.evaluation.roc import auroc
+
+    auc = [f["test_auroc"] for f in folds]
+    prob = [p for f in folds for p in f["test"]["prob"].tolist()]
+    label = [y for f in folds for y in f["test"]["label"].tolist()]
+    pos = sum(y == 1 for y in label)
+    sens = sum(f["tp"] for f in folds) / pos
+    spec = sum(f["tn"] for f in folds) / (len(label) - pos)
+    std = statistics.stdev(auc) if len(auc) > 1 else 0.0
+    minutes = statistics.mean(f["seconds"] for f in folds) / 60
+    return (
+        f"| {name} | {statistics.mean(auc):.3f} | {std:.3f} | {auroc(prob, label):.3f} | "
+        f"{sens:.2f} / {spec:.2f} | {statistics.mean(f['val_auroc'] for f in folds):.3f} | "
+        f"{minutes:.1f} | {len(folds)} | {note} |"
+    )
+
+
+def ensemble_table(rows: list[dict], ensembles: list[str], select: list[str]) -> str:
+    """Ensembles of runs trained on the same outer folds (every member never saw the fold's
+    test images), and a recipe chosen per fold on its validation part (nested), each scored
+    on the untouched outer test folds."""
+    groups: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        if not row.get("predictions") or "val_prob" not in row["predictions"]:
+            continue
+        label = f"{variant_name(row['variant'], row.get('tag', ''))}:{row['preprocessing']}"
+        groups.setdefault(label, {})[row["fold"]] = fold_scores(row)
+        if "val_prob_tta" in row["predictions"]:
+            groups.setdefault(label + "+tta", {})[row["fold"]] = fold_scores(row, "_tta")
+    evaluated: dict[str, list[dict]] = {}
+
+    def runs(name: str) -> list[dict]:
+        if name not in evaluated:
+            parts = name.split(",")
+            missing = [p for p in parts if p not in groups]
+            if missing:
+                raise SystemExit(f"{name}: no finished runs with validation predictions for "
+                                 f"{missing}; have {sorted(groups)}")  # fmt: skip
+            folds = sorted(set.intersection(*(set(groups[p]) for p in parts)))
+            evaluated[name] = [evaluate(combine([groups[p][k] for p in parts])) for k in folds]
+        return evaluated[name]
+
+    lines = [
+        "| runs (ensembles joined by ,) | test AUROC mean | std | pooled AUROC "
+        "| pooled sens. / spec. | val AUROC mean | min/fold | folds | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in [*dict.fromkeys([*select, *ensembles])]:
+        lines.append(_summary_row(name, runs(name)))
+    if select:
+        chosen, picks = select_on_validation({n: runs(n) for n in select})
+        counts = ", ".join(f"{n} x{picks.count(n)}" for n in dict.fromkeys(picks))
+        lines.append(_summary_row("chosen per fold on validation", chosen, counts))
+    return "\n".join(lines)
+
+
 def _row(name: str, prep: str, group: list[dict], prefix: str, pooled: str, point: str) -> str:
     auc = [r[f"{prefix}_auroc"] for r in group]
     sens = statistics.mean(r[f"{prefix}_sensitivity"] for r in group)
@@ -396,13 +528,32 @@ def main() -> None:
     )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel")
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="RUN,RUN",
+        help="with --table-only: ensembles of finished runs trained on the same folds, e.g. "
+        "mobilenet_ft:clahe,mobilenet_ft+s7:clahe (add +tta to a run for its TTA scores)",
+    )
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="with --table-only: candidates (runs or ensembles) for a recipe chosen per fold "
+        "on validation AUROC, scored on the outer test folds",
+    )
     args = parser.parse_args()
     args.set = dict(parse_setting(item) for item in args.set)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.table_only:
         done = sorted(Path(args.out).glob("*/fold*/result.json"))
-        rows = [json.loads(path.read_text()) for path in done]
-        print(table(with_predictions(rows, args.out)))
+        rows = with_predictions([json.loads(path.read_text()) for path in done], args.out)
+        text = table(rows)
+        if args.ensemble or args.select:
+            text += "\n\n" + ensemble_table(rows, args.ensemble, args.select)
+        print(text)
         return
     start = time.perf_counter()
     if args.jobs > 1:

@@ -150,6 +150,12 @@ def test_later_stages_keep_their_logs_apart(run) -> None:
     for stage in stages:
         assert list(stage.glob("events.out.tfevents.*"))
         assert (stage / "report" / "report.md").is_file()
+    # The run is temperature-scaled: the report gives calibration before and after it.
+    metrics = json.loads((stages[-1] / "report" / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["temperature"] != 1.0 and set(cal["before_temperature"]) == {"brier", "ece"}
+    assert cal["before_temperature"]["brier"] != cal["brier"]
+    assert "before it: Brier" in (stages[-1] / "report" / "report.md").read_text()
 
 
 def test_a_crafted_checkpoint_never_runs_code(run, tmp_path: Path) -> None:

@@ -37,6 +37,17 @@ def _held_out(trainer: pl.Trainer) -> bool | None:
     return True if same else None
 
 
+def _before_temperature(
+    pl_module: pl.LightningModule, outputs: dict[str, Any], keep: np.ndarray
+) -> tuple[np.ndarray, float] | None:
+    """P(TB) before the model's fitted temperature (its raw logits), when it has one."""
+    temperature = float(getattr(pl_module, "temperature", 1.0))
+    if temperature == 1.0 or outputs.get("logit") is None:
+        return None
+    logits = np.asarray(outputs["logit"], dtype=np.float64).reshape(-1)[keep]
+    return 1.0 / (1.0 + np.exp(-logits)), temperature
+
+
 def _column(outputs: dict[str, Any], key: str, keep: np.ndarray) -> list[str] | None:
     values = outputs.get(key)
     if values is None:
@@ -123,6 +134,7 @@ class ReportCallback(Callback):
             views=_column(outputs, "view", keep),
             held_out=_held_out(trainer),
             threshold_info=threshold_info_of(pl_module, trainer.ckpt_path),
+            before_temperature=_before_temperature(pl_module, outputs, keep),
             n_boot=self.n_boot,
             seed=self.seed,
             split_name="test",

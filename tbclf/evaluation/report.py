@@ -261,6 +261,7 @@ def write_report(
     on_figure: Callable[[str, Figure], None] | None = None,
     views: Sequence[str] | None = None,
     held_out: bool | None = None,
+    before_temperature: tuple[Sequence[float] | np.ndarray, float] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, report.md, figures (and predictions.csv when ids are given).
 
@@ -281,6 +282,8 @@ def write_report(
             occur.
         held_out: True when the caller knows no image took part in training (the run's own
             test split), False when some did, None when it is not known: the text says so.
+        before_temperature: (P(TB) before temperature scaling, the temperature) for a
+            calibrated model: the calibration figures are given before and after.
 
     Returns the content of metrics.json.
     """
@@ -309,6 +312,11 @@ def write_report(
     res["who_triage"] = _who(res["metrics"])
     res["average_precision"] = average_precision(p, y) if 0 < y.sum() < y.size else None
     res["calibration"] = calibration_summary(p, y)
+    if before_temperature is not None:
+        raw, temperature = before_temperature
+        before = calibration_summary(np.asarray(raw, dtype=np.float64).reshape(-1), y)
+        res["calibration"]["temperature"] = float(temperature)
+        res["calibration"]["before_temperature"] = {k: before[k] for k in ("brier", "ece")}
     src = None if sources is None else [str(s) for s in sources]
     if src is not None and len(set(src)) > 1:
         res["per_source"] = _by_group(p, y, src, threshold, alpha, **boot)
@@ -359,6 +367,20 @@ def _threshold_origin(info: Mapping[str, Any] | None) -> str:
     return "How the threshold was chosen is not recorded with these predictions."
 
 
+def _calibration_line(cal: Mapping[str, Any]) -> str:
+    line = (
+        f"Calibration: Brier score {cal['brier']:.3f}, expected calibration error "
+        f"{cal['ece']:.3f} ({cal['n_bins']} equal-width bins)"
+    )
+    before = cal.get("before_temperature")
+    if not before:
+        return line + "."
+    return (
+        f"{line}, with the temperature {cal['temperature']:.3g} fitted on validation; before "
+        f"it: Brier {before['brier']:.3f}, ECE {before['ece']:.3f}."
+    )
+
+
 def _interval_lines(iv: Mapping[str, Any]) -> list[str]:
     boot = iv["f1_bootstrap"]
     lines = [
@@ -390,8 +412,7 @@ def _report_md(res: Mapping[str, Any], split_name: str) -> str:
         f"Decision rule: an image is called TB when the model's P(TB) ≥ {res['threshold']:.4g}. "
         + _threshold_origin(res.get("threshold_info")),
         *_interval_lines(res["intervals"]),
-        f"Calibration: Brier score {res['calibration']['brier']:.3f}, expected calibration error "
-        f"{res['calibration']['ece']:.3f} ({res['calibration']['n_bins']} equal-width bins).",
+        _calibration_line(res["calibration"]),
         "",
         "## Figures",
         "",
