@@ -17,7 +17,8 @@ COMMANDS: dict[str, str] = {
     "saliency": "saliency maps scored against radiologists' boxes (energy, pointing, ROAD)",
     "export": "a checkpoint as a self-describing ONNX model (optionally also INT8)",
     "serve": "HTTP API and web page for a .onnx or .ckpt model (127.0.0.1 by default)",
-    "ensemble": "average several checkpoints (optionally with TTA) on a folder of images",
+    "ensemble": "predict/test with several checkpoints or a cv group: P(TB) averaged",
+    "rethreshold": "a copy of a checkpoint with its threshold re-picked on a new site's images",
     "cv": "k-fold cross-validation: a run folder per fold, pooled out-of-fold estimate",
 }
 

@@ -19,7 +19,11 @@ def threshold_info_of(
     pl_module: pl.LightningModule, checkpoint: str | None = None
 ) -> dict[str, Any]:
     """How the module's threshold was chosen: on validation, with the module's strategy and
-    target (its hyperparameters), and the checkpoint it was read from when known."""
+    target (its hyperparameters), and the checkpoint it was read from when known; or, for a
+    threshold re-picked on a site's images (`tbclf rethreshold`), what the checkpoint records."""
+    recorded = getattr(pl_module, "threshold_source", None)
+    if recorded:
+        return {**recorded, **({"checkpoint": str(checkpoint)} if checkpoint else {})}
     out: dict[str, Any] = {"source": "validation"}
     strategy = getattr(pl_module, "threshold_strategy", None)
     if strategy is not None:

@@ -69,6 +69,19 @@ def _torch_load(path: str) -> dict[str, Any]:
     return fill_missing_buffers(checkpoint)
 
 
+# Top-level checkpoint key: where a threshold chosen after training came from (`tbclf
+# rethreshold`); absent when it is the one chosen on the run's validation split.
+THRESHOLD_SOURCE_KEY = "tbclf_threshold_source"
+
+
+def threshold_source(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded origin of a re-picked threshold (plain JSON-like values), or None."""
+    value = checkpoint.get(THRESHOLD_SOURCE_KEY)
+    if not isinstance(value, dict):
+        return None
+    return {str(k): v for k, v in value.items() if isinstance(v, str | int | float | bool)}
+
+
 # Buffers added after the first release, with the value that means "as before".
 LATER_BUFFERS = {"temperature": 1.0}
 
@@ -137,6 +150,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     check_state_dict_fits(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
+    model.threshold_source = threshold_source(checkpoint)
     return model.to(map_location).eval()
 
 

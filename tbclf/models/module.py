@@ -110,6 +110,9 @@ class TBClassifier(pl.LightningModule):
         # Test-time augmentation for test/predict (`tbclf test --tta true`): a run-time
         # choice, not a hyperparameter, so a checkpoint scores either way.
         self.tta = False
+        # Where the threshold came from when it was re-picked after training (`tbclf
+        # rethreshold`); None: chosen on this run's validation split.
+        self.threshold_source: dict[str, Any] | None = None
         self.threshold_strategy = threshold_strategy
         self.target_sensitivity = float(target_sensitivity)
         self.channels_last = bool(channels_last)
@@ -164,6 +167,10 @@ class TBClassifier(pl.LightningModule):
                 **hparams,
                 "_class_path": f"{cls.__module__}.{cls.__qualname__}",
             }
+        if self.threshold_source:
+            from tbclf.models.loading import THRESHOLD_SOURCE_KEY
+
+            checkpoint[THRESHOLD_SOURCE_KEY] = dict(self.threshold_source)
 
     def setup(self, stage: str) -> None:
         # Training: the data module's spec is what this model learns to see.
@@ -194,9 +201,10 @@ class TBClassifier(pl.LightningModule):
         return torch.sigmoid(self.calibrated_logits(images))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from tbclf.models.loading import fill_missing_buffers
+        from tbclf.models.loading import fill_missing_buffers, threshold_source
 
         fill_missing_buffers(checkpoint)
+        self.threshold_source = threshold_source(checkpoint)
 
     def target_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (for Grad-CAM)."""
@@ -401,6 +409,7 @@ class TBClassifier(pl.LightningModule):
                     probs, labels, self.threshold_strategy, self.target_sensitivity
                 )
             self.threshold.fill_(chosen)
+            self.threshold_source = None  # this run's validation split chose it
         threshold = float(self.threshold)
         # Every rank holds the gathered outputs, so these values agree across ranks already.
         self.log(f"{stage}/threshold", threshold, sync_dist=True)

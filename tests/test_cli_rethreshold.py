@@ -1,0 +1,118 @@
+"""`tbclf rethreshold`: a checkpoint copy whose operating point is chosen on a new site."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from cli_helpers import make_learnable
+
+from tbclf import export
+from tbclf.commands import run_command
+from tbclf.data.layouts import discover
+from tbclf.data.spec import InputSpec
+from tbclf.engine.ensemble import record_batches
+from tbclf.engine.provenance import threshold_info_of
+from tbclf.engine.scoring import score_loader
+from tbclf.errors import ConfigError
+from tbclf.evaluation import calibration as cal
+from tbclf.evaluation.threshold import pick_threshold
+from tbclf.models import SimpleCNNClassifier
+from tbclf.models.loading import load_classifier
+
+
+def checkpoint(path, threshold: float = 0.9):
+    torch.manual_seed(0)
+    spec = InputSpec.from_options({"image_size": 32, "preprocessing": "none"}).to_dict()
+    model = SimpleCNNClassifier(
+        channels=[4, 8], kernel_sizes=[3, 3], head=[8], image_size=32, input_spec=spec
+    )
+    model.threshold.fill_(threshold)
+    hparams = {**model.hparams, "_class_path": "tbclf.models.SimpleCNNClassifier"}
+    torch.save({"hyper_parameters": hparams, "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_the_copy_takes_the_sites_threshold_and_says_where_it_came_from(tmp_path, capsys):
+    site = make_learnable(tmp_path / "site", n_per_class=6, size=40, seed=3)
+    src = checkpoint(tmp_path / "model.ckpt")
+    before = src.read_bytes()
+    out = tmp_path / "site.ckpt"
+    result = run_command("rethreshold", ["--ckpt_path", str(src), "--val_root", str(site),
+                                         "--out", str(out)])  # fmt: skip
+    model = load_classifier(src)
+    scores = score_loader(model, record_batches([model], discover(site), 8))
+    expected = pick_threshold(scores["prob"], scores["label"], "sensitivity", 0.9)
+    assert result["threshold"] == pytest.approx(expected) and result["old_threshold"] == (
+        pytest.approx(0.9)
+    )
+    assert src.read_bytes() == before  # the original is never touched
+    copy = load_classifier(out)
+    assert float(copy.threshold) == pytest.approx(expected)
+    assert float(copy.temperature) == 1.0  # no --calibrate: the temperature stays
+    info = threshold_info_of(copy, str(out))
+    assert info["source"] == "site validation" and info["n_tb"] == 12 and info["checkpoint"]
+    assert "chosen again on 12 TB and 12 healthy" in info["description"]
+    assert "fewer than 20 images" in capsys.readouterr().out
+    # The exported model carries the new operating point and its origin.
+    onnx_path = run_command("export", ["--ckpt_path", str(out), "--out",
+                                       str(tmp_path / "m.onnx")])["onnx"]  # fmt: skip
+    meta = export.read_metadata(onnx.load(onnx_path))
+    assert float(meta[export.META_THRESHOLD]) == pytest.approx(expected)
+    assert json.loads(meta[export.META_THRESHOLD_SOURCE])["source"] == "site validation"
+    # The original still says its threshold came from its run's validation split.
+    assert threshold_info_of(load_classifier(src))["source"] == "validation"
+
+
+def test_calibrate_refits_the_temperature_on_the_site(tmp_path):
+    site = make_learnable(tmp_path / "site", n_per_class=6, size=40, seed=4)
+    src = checkpoint(tmp_path / "model.ckpt")
+    out = tmp_path / "site.ckpt"
+    result = run_command("rethreshold", ["--ckpt_path", str(src), "--val_root", str(site),
+                                         "--out", str(out), "--calibrate", "true"])  # fmt: skip
+    model = load_classifier(src)
+    scores = score_loader(model, record_batches([model], discover(site), 8))
+    temperature = cal.fit_temperature(scores["logit"], scores["label"])
+    assert result["temperature"] == pytest.approx(temperature)
+    assert float(load_classifier(out).temperature) == pytest.approx(temperature)
+    assert cal.nll(scores["logit"], scores["label"], temperature) <= cal.nll(
+        scores["logit"], scores["label"]
+    )
+
+
+def test_bad_requests_are_refused_and_nothing_is_overwritten(tmp_path):
+    site = make_learnable(tmp_path / "site", n_per_class=2, size=40)
+    src = checkpoint(tmp_path / "model.ckpt")
+    base = ["--ckpt_path", str(src), "--val_root", str(site)]
+    with pytest.raises(ConfigError, match="is the input checkpoint"):
+        run_command("rethreshold", [*base, "--out", str(src)])
+    mine = tmp_path / "mine.ckpt"
+    mine.write_bytes(b"mine")
+    with pytest.raises(ConfigError, match="already exists"):
+        run_command("rethreshold", [*base, "--out", str(mine)])
+    assert mine.read_bytes() == b"mine"
+    for tb in site.glob("*/tb/*"):
+        tb.unlink()
+    with pytest.raises(ConfigError, match="needs both"):
+        run_command("rethreshold", [*base, "--out", str(tmp_path / "x.ckpt")])
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_lightning_restores_and_saves_the_record_and_a_new_validation_forgets_it():
+    from tbclf.models.loading import THRESHOLD_SOURCE_KEY
+
+    model = SimpleCNNClassifier(channels=[4], kernel_sizes=[3], head=[4], image_size=32)
+    record = {"source": "site validation", "n_tb": 3, "description": "x", "bad": [1]}
+    model.on_load_checkpoint({THRESHOLD_SOURCE_KEY: record, "state_dict": {}})
+    assert model.threshold_source == {"source": "site validation", "n_tb": 3, "description": "x"}
+    saved = {"hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(saved)
+    assert saved[THRESHOLD_SOURCE_KEY]["n_tb"] == 3
+    model._collected["val"] = [{"id": ["a", "b"], "source": ["", ""], "view": ["", ""],
+                                "logit": np.array([0.1, 2.0], np.float32), "index": None,
+                                "label": np.array([0.0, 1.0], np.float32)}]  # fmt: skip
+    model._epoch_end("val")
+    assert model.threshold_source is None  # this run's validation chose the threshold again
