@@ -328,6 +328,12 @@ def select_on_validation(candidates: dict[str, list[dict]]) -> tuple[list[dict],
     return chosen, picks
 
 
+def _spread(auc: list[float], seconds: list[float]) -> tuple[float, float, float]:
+    """Fold mean and standard deviation of AUROC, and minutes per fold."""
+    std = statistics.stdev(auc) if len(auc) > 1 else 0.0
+    return statistics.mean(auc), std, statistics.mean(seconds) / 60
+
+
 def _summary_row(name: str, folds: list[dict], note: str = "") -> str:
     from tbclf.evaluation.roc import auroc
 
@@ -337,10 +343,9 @@ def _summary_row(name: str, folds: list[dict], note: str = "") -> str:
     pos = sum(y == 1 for y in label)
     sens = sum(f["tp"] for f in folds) / pos
     spec = sum(f["tn"] for f in folds) / (len(label) - pos)
-    std = statistics.stdev(auc) if len(auc) > 1 else 0.0
-    minutes = statistics.mean(f["seconds"] for f in folds) / 60
+    mean, std, minutes = _spread(auc, [f["seconds"] for f in folds])
     return (
-        f"| {name} | {statistics.mean(auc):.3f} | {std:.3f} | {auroc(prob, label):.3f} | "
+        f"| {name} | {mean:.3f} | {std:.3f} | {auroc(prob, label):.3f} | "
         f"{sens:.2f} / {spec:.2f} | {statistics.mean(f['val_auroc'] for f in folds):.3f} | "
         f"{minutes:.1f} | {len(folds)} | {note} |"
     )
@@ -389,10 +394,9 @@ def _row(name: str, prep: str, group: list[dict], prefix: str, pooled: str, poin
     auc = [r[f"{prefix}_auroc"] for r in group]
     sens = statistics.mean(r[f"{prefix}_sensitivity"] for r in group)
     spec = statistics.mean(r[f"{prefix}_specificity"] for r in group)
-    std = statistics.stdev(auc) if len(auc) > 1 else 0.0
-    minutes = statistics.mean(r["seconds"] for r in group) / 60
+    mean, std, minutes = _spread(auc, [r["seconds"] for r in group])
     return (
-        f"| {name} | {prep} | {statistics.mean(auc):.3f} | {std:.3f} | "
+        f"| {name} | {prep} | {mean:.3f} | {std:.3f} | "
         f"{min(auc):.3f}-{max(auc):.3f} | {pooled} | {sens:.2f} / {spec:.2f} | {point} | "
         f"{minutes:.1f} | {len(group)} |"
     )
