@@ -26,10 +26,9 @@ import torch
 
 import tbclf
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
-from tbclf.data.layouts import discover
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
-from tbclf.data.splits import load_split
+from tbclf.engine import rundir
 from tbclf.engine.provenance import threshold_info_of
 from tbclf.engine.rundir import run_dir_of
 from tbclf.errors import ConfigError
@@ -353,26 +352,12 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
 
 
 def run_split(run_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, list[Record]]:
-    """The run's split.json mapped back onto its data (labels included)."""
-    split_json = run_dir / "split.json"
-    if not split_json.is_file():
-        raise ConfigError(
-            f"INT8 calibration needs the run's training images, but {split_json} does not "
-            "exist. Export from a checkpoint inside its run folder (runs/NAME/version_N), or "
-            "drop --int8."
-        )
-    try:
-        doc = json.loads(split_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{split_json} is unreadable ({exc}).") from None
-    root = Path(doc.get("root") or ".")
-    if not root.is_dir():
-        raise ConfigError(
-            f"{split_json} was made for data under {root}, which is not here; INT8 calibration "
-            "and its AUROC check need those images. Run the export where the data is."
-        )
-    records = discover(root, doc.get("layout") or "auto")
-    return load_split(split_json, records, root)
+    """The run's split mapped back onto its data, for INT8 calibration and its AUROC check."""
+    return rundir.run_split(
+        run_dir,
+        "INT8 calibration needs the run's training images",
+        "Export from a checkpoint inside its run folder (runs/NAME/version_N), or drop --int8.",
+    )
 
 
 class _Calibration:

@@ -138,3 +138,38 @@ def test_a_group_without_cv_json_or_with_moved_members_is_refused(tmp_path):
     (tmp_path / "nothing" / "cv.json").write_text(json.dumps({"members": ["/gone/best.ckpt"]}))
     with pytest.raises(ConfigError, match="which is not there"):
         ensemble_main(args)
+
+
+def test_members_sharing_a_validation_split_are_thresholded_on_it(tmp_path):
+    from tbclf.data.layouts import discover
+    from tbclf.data.splits import save_split
+    from tbclf.evaluation.threshold import pick_threshold
+
+    data = make_learnable(tmp_path / "data", n_per_class=4, size=40)
+    records = discover(data)
+    split = {"train": records[::2], "val": records[1::2], "test": []}
+    members = []
+    for name, seed in (("s1", 0), ("s7", 1)):  # one recipe, two seeds: one split
+        run = tmp_path / "runs" / name / "version_0"
+        (run / "checkpoints").mkdir(parents=True)
+        save_split(run / "split.json", split, data, {"seed": 42, "layout": "auto"})
+        members.append(save_member(run / "checkpoints" / "best.ckpt", seed, 0.5))
+    pair = ["--ckpt_path", str(members[0]), "--ckpt_path", str(members[1])]
+    info = ensemble_main([*pair, "--predict_root", str(data), "--out", str(tmp_path / "out"),
+                          "--calibrate", "true"])  # fmt: skip
+    val = ensemble_scores(load_members(members), split["val"])
+    temp = info["temperature"]
+    from tbclf.evaluation import calibration as cal
+
+    prob = cal.apply_temperature(val["logit"], temp)
+    assert info["threshold"] == pytest.approx(
+        pick_threshold(prob, val["label"], "sensitivity", 0.9)
+    )
+    assert info["threshold_source"]["split_file"].endswith("s1/version_0/split.json")
+    assert "validation split all members held out" in info["threshold_source"]["description"]
+    # Another split for one member: no shared validation set, so nothing to fit a temperature on.
+    other = {"train": records[1::2], "val": records[::2], "test": []}
+    save_split(members[1].parent.parent / "split.json", other, data, {"seed": 1})
+    with pytest.raises(ConfigError, match="--calibrate needs labelled images"):
+        ensemble_main([*pair, "--predict_root", str(data), "--out", str(tmp_path / "o2"),
+                       "--calibrate", "true"])  # fmt: skip

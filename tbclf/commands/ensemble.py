@@ -3,9 +3,11 @@ their reported P(TB) is averaged; predictions.csv and its sidecar are the ones `
 and labelled images also get the report `test` writes.
 
 The ensemble's threshold (and optional temperature) is chosen on the ensemble's own
-predictions for labelled images its members never trained on (--val_root); for a run group
-without --val_root, on the group's pooled out-of-fold predictions (each image scored by the
-one fold model that never saw it); otherwise it is the members' mean threshold.
+predictions for labelled images its members never trained on: --val_root, or else the
+validation split its members share when they come from run folders with one split (one recipe
+fitted with several seeds). For a run group, whose fold models validated on different images,
+it is chosen on the group's pooled out-of-fold predictions (each image scored by the one fold
+model that never saw it); otherwise it is the members' mean threshold.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import numpy as np
 
 from tbclf.commands.common import OUT, REPLACE, command_parser
 from tbclf.data.layouts import discover, discover_predict
-from tbclf.engine.ensemble import ensemble_scores, group_members, load_members, oof_scores
+from tbclf.engine.ensemble import (
+    ensemble_scores,
+    group_members,
+    load_members,
+    oof_scores,
+    shared_validation,
+)
 from tbclf.engine.predictions import write_predictions
 from tbclf.engine.provenance import DECISION_RULE
 from tbclf.errors import ConfigError
@@ -62,8 +70,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     out = check_can_write(args.out, OUTPUTS, args.overwrite)
-    if args.calibrate and not args.val_root:
-        raise ConfigError("--calibrate needs --val_root (labelled images to fit it on)")
     paths = [*(args.ckpt_path or []), *(group_members(args.group) if args.group else [])]
     if not paths:
         raise ConfigError("name the members: --ckpt_path A --ckpt_path B, or --group RUN_GROUP")
@@ -75,17 +81,33 @@ def main(argv: list[str]) -> dict[str, Any]:
         "tta": args.tta,
         "temperature": 1.0,
     }
-    if args.val_root:
-        val = ensemble_scores(models, discover(Path(args.val_root)), args.tta, args.batch_size)
+    shared = None if args.val_root else shared_validation(paths)
+    if args.calibrate and not (args.val_root or shared):
+        raise ConfigError(
+            "--calibrate needs labelled images no member trained on: pass --val_root (or "
+            "members from run folders that share one validation split)"
+        )
+    if args.val_root or shared:
+        if args.val_root:
+            records, where = (
+                discover(Path(args.val_root)),
+                f"the labelled images in {args.val_root}",
+            )
+            origin = {"source": "ensemble validation", "val_root": str(args.val_root)}
+        else:
+            records, split_json = shared
+            where = f"the validation split all members held out ({split_json})"
+            origin = {"source": "ensemble validation", "split_file": str(split_json)}
+        val = ensemble_scores(models, records, args.tta, args.batch_size)
         if args.calibrate:
             info["temperature"] = cal.fit_temperature(val["logit"], val["label"])
         val_prob = cal.apply_temperature(val["logit"], info["temperature"])
         threshold = pick_threshold(
             val_prob, val["label"], first.threshold_strategy, first.target_sensitivity
         )
-        origin = {"source": "ensemble validation", "val_root": str(args.val_root),
-                  "description": f"chosen on the ensemble's own predictions for the labelled "
-                  f"images in {args.val_root}{_goal(first)}"}  # fmt: skip
+        origin["description"] = (
+            f"chosen on the ensemble's own predictions for {where}{_goal(first)}"
+        )
         info["val_auroc"] = auroc(val_prob.tolist(), val["label"].tolist())
         info["val"] = {
             **cal.calibration_metrics(val["prob"], val["label"], "before_"),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from tbclf.data.records import Record
+from tbclf.engine.rundir import run_dir_of, run_split, split_lists
 from tbclf.engine.scoring import average_scores, score_loader
 from tbclf.errors import ConfigError
 from tbclf.io import read_output_csv
@@ -99,3 +100,24 @@ def oof_scores(group: str | Path) -> dict[str, np.ndarray]:
     except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
     return {"prob": prob, "label": label}
+
+
+def shared_validation(paths: Sequence[str | Path]) -> tuple[list[Record], Path] | None:
+    """The validation images every member held out, when all members sit in run folders
+    with the same validation split (e.g. one recipe fitted with several seeds): no member
+    trained on them, so they are the ensemble's own validation set. None otherwise."""
+    dirs = [run_dir_of(p) for p in paths]
+    if any(d is None for d in dirs):
+        return None
+    lists = [split_lists(d) for d in dirs]
+    if any(lst is None or not lst.get("val") for lst in lists):
+        return None
+    first = lists[0]
+    if any((lst["root"], lst["val"]) != (first["root"], first["val"]) for lst in lists[1:]):
+        return None
+    records = run_split(
+        dirs[0],
+        "the ensemble's threshold is chosen on its members' shared validation split",
+        "Pass --val_root with labelled images the members never trained on.",
+    )["val"]
+    return records, dirs[0] / "split.json"

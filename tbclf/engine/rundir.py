@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,9 @@ from pathlib import Path
 
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from tbclf.data.layouts import discover
+from tbclf.data.records import Record
+from tbclf.data.splits import load_split
 from tbclf.errors import ConfigError
 from tbclf.io import atomic_write_text
 
@@ -119,6 +123,39 @@ def run_dir_of(checkpoint: str | os.PathLike) -> Path | None:
     if path.parent.name == "checkpoints" and _VERSION_RE.match(path.parent.parent.name):
         return path.parent.parent
     return None
+
+
+def run_split(
+    run_dir: Path, needed_for: str = "this", otherwise: str = ""
+) -> dict[str, list[Record]]:
+    """The run's split.json mapped back onto its data (labels included); the errors say what
+    ``needed_for`` it and what to do ``otherwise``."""
+    split_json = Path(run_dir) / "split.json"
+    if not split_json.is_file():
+        raise ConfigError(f"{needed_for}, but {split_json} does not exist. {otherwise}".strip())
+    try:
+        doc = json.loads(split_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{split_json} is unreadable ({exc}).") from None
+    root = Path(doc.get("root") or ".")
+    if not root.is_dir():
+        raise ConfigError(
+            f"{split_json} was made for data under {root}, which is not here; {needed_for}. "
+            "Run where the data is."
+        )
+    records = discover(root, doc.get("layout") or "auto")
+    return load_split(split_json, records, root)
+
+
+def split_lists(run_dir: Path) -> dict[str, object] | None:
+    """The raw root and per-split path lists of a run's split.json (None when unreadable)."""
+    try:
+        doc = json.loads((Path(run_dir) / "split.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("splits"), dict):
+        return None
+    return {"root": doc.get("root"), **doc["splits"]}
 
 
 class RunLogger(TensorBoardLogger):
