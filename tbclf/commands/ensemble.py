@@ -1,6 +1,8 @@
-"""`tbclf ensemble`: several checkpoints (or a `tbclf cv` run group) score the same images and
-their reported P(TB) is averaged; predictions.csv and its sidecar are the ones `predict` writes,
-and labelled images also get the report `test` writes.
+"""Predict and test with several checkpoints (or a `tbclf cv` run group): P(TB) averaged.
+
+`tbclf ensemble`: the members score the same images and their reported P(TB) is averaged;
+predictions.csv and its sidecar are the ones `predict` writes, and labelled images also get the
+report `test` writes.
 
 The ensemble's threshold (and optional temperature) is chosen on the ensemble's own
 predictions for labelled images its members never trained on: --val_root, or else the

@@ -1,5 +1,7 @@
-"""`tbclf rethreshold`: a copy of a checkpoint whose threshold (and optionally temperature) is
-chosen again on labelled images from the site it will screen.
+"""A copy of a checkpoint with its threshold chosen again on a new site's labelled images.
+
+`tbclf rethreshold` re-picks the threshold (and optionally the temperature) on labelled images
+from the site the model will screen.
 
 A threshold chosen on one site's validation images does not transfer: in the cross-site
 benchmark the "90% sensitivity" threshold gave 0.43 sensitivity on a held-out site. A few dozen
