@@ -312,18 +312,21 @@ def evaluate(scores: dict) -> dict:
         "tn": spec * float((test["label"] == 0).sum()),
         "test": test,
         "seconds": scores["seconds"],
+        "fold": scores["fold"],
     }
 
 
 def select_on_validation(candidates: dict[str, list[dict]]) -> tuple[list[dict], list[str]]:
     """Nested selection: per outer fold, the candidate with the best validation AUROC (the
     validation part lies inside the fold's training data; ties go to the first, cheapest
-    candidate). Returns the chosen evaluations and names, fold by fold."""
+    candidate). Only folds every candidate finished count. Returns the chosen evaluations and
+    names, fold by fold."""
     names = list(candidates)
+    by_fold = {n: {f["fold"]: f for f in candidates[n]} for n in names}
     chosen, picks = [], []
-    for k in range(len(candidates[names[0]])):
-        best = max(names, key=lambda n: (candidates[n][k]["val_auroc"], -names.index(n)))
-        chosen.append(candidates[best][k])
+    for k in sorted(set.intersection(*(set(folds) for folds in by_fold.values()))):
+        best = max(names, key=lambda n: (by_fold[n][k]["val_auroc"], -names.index(n)))
+        chosen.append(by_fold[best][k])
         picks.append(best)
     return chosen, picks
 

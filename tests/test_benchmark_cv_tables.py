@@ -71,10 +71,20 @@ def test_an_ensemble_row_averages_each_member_as_it_reports_p_tb():
 
 def test_nested_selection_takes_each_folds_best_validation_candidate():
     candidates = {
-        "x": [{"val_auroc": 0.9, "name": "x0"}, {"val_auroc": 0.7, "name": "x1"}],
-        "y": [{"val_auroc": 0.8, "name": "y0"}, {"val_auroc": 0.95, "name": "y1"}],
-        "z": [{"val_auroc": 0.9, "name": "z0"}, {"val_auroc": 0.1, "name": "z1"}],
-    }
+        "x": [
+            {"val_auroc": 0.9, "name": "x0", "fold": 0},
+            {"val_auroc": 0.7, "name": "x1", "fold": 1},
+            {"val_auroc": 1.0, "name": "x2", "fold": 2},
+        ],
+        "y": [
+            {"val_auroc": 0.8, "name": "y0", "fold": 0},
+            {"val_auroc": 0.95, "name": "y1", "fold": 1},
+        ],
+        "z": [
+            {"val_auroc": 0.9, "name": "z0", "fold": 0},
+            {"val_auroc": 0.1, "name": "z1", "fold": 1},
+        ],
+    }  # fold 2 is not finished for y and z: left out
     chosen, picks = cv.select_on_validation(candidates)
     assert picks == ["x", "y"]  # fold 0: x and z tie, the first listed wins
     assert [c["name"] for c in chosen] == ["x0", "y1"]
