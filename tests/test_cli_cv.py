@@ -40,3 +40,33 @@ def test_cv_trains_a_run_per_fold_and_pools_out_of_fold_predictions(tmp_path: Pa
     assert "tbclf ensemble --group" in proc.stdout
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode != 0 and "cv.json" in again.stderr and "overwrite" in again.stderr
+    # The fold models as an ensemble, thresholded on the pooled out-of-fold predictions.
+    ens = run_cli(["ensemble", "--group", str(group), "--predict_root", str(tmp_path / "data"),
+                   "--out", str(tmp_path / "ens")], cwd=tmp_path)  # fmt: skip
+    assert ens.returncode == 0, ens.stderr[-4000:]
+    sidecar = json.loads((tmp_path / "ens" / "predictions.json").read_text())
+    assert sidecar["threshold_source"]["source"] == "out-of-fold"
+    assert sidecar["ensemble"]["members"] == summary["members"]
+    assert (tmp_path / "ens" / "report" / "report.md").is_file()
+
+
+def test_one_recipe_fitted_with_two_seeds_ensembles_on_their_shared_validation_split(
+    tmp_path: Path,
+) -> None:
+    make_learnable(tmp_path / "data", n_per_class=8)
+    ckpts = []
+    for seed in ("1", "7"):  # data.seed stays: one split, two initialisations
+        args = ["fit", "--config", str(CONFIGS / "simple_cnn.yaml"),
+                *small_run_args(tmp_path / "data"), "--seed_everything", seed]  # fmt: skip
+        proc = run_cli(args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        ckpts += sorted((tmp_path / "runs").glob("simple_cnn/version_*/checkpoints/best.ckpt"))
+    ckpts = sorted(set(ckpts))
+    assert len(ckpts) == 2
+    members = [arg for c in ckpts for arg in ("--ckpt_path", str(c))]
+    where = ["--predict_root", str(tmp_path / "data"), "--out", str(tmp_path / "ens")]
+    ens = run_cli(["ensemble", *members, "--tta", "true", *where], cwd=tmp_path)
+    assert ens.returncode == 0, ens.stderr[-4000:]
+    source = json.loads((tmp_path / "ens" / "predictions.json").read_text())["threshold_source"]
+    assert source["source"] == "ensemble validation"
+    assert source["split_file"] == str(ckpts[0].parent.parent / "split.json")
