@@ -12,22 +12,20 @@ all say so.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tbclf.commands.common import CHECKPOINT, command_parser
 from tbclf.data.layouts import discover
+from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.ensemble import record_batches
 from tbclf.engine.scoring import score_loader
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
 from tbclf.evaluation.intervals import proportion_ci
 from tbclf.evaluation.threshold import STRATEGIES, pick_threshold, sensitivity_specificity
-from tbclf.io import atomic_write_bytes
 from tbclf.models.loading import THRESHOLD_SOURCE_KEY, load_classifier, read_checkpoint
 
 # Below this many images of a class the chosen point is mostly noise: say so.
@@ -106,9 +104,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     state["threshold"] = state["threshold"].new_tensor(threshold)
     state["temperature"] = state["temperature"].new_tensor(temperature)
     checkpoint[THRESHOLD_SOURCE_KEY] = origin
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    atomic_write_bytes(out, buffer.getbuffer())
+    AtomicCheckpointIO().save_checkpoint(checkpoint, out)
 
     result = {
         "out": str(out),
