@@ -245,7 +245,9 @@ def lever_rows(group: list[dict]) -> dict[str, dict]:
             pred = r["predictions"]
             rows = zip(pred["id"], pred["label"], pred["source"], strict=True)
             by_id = {i: (y, s) for i, y, s in rows}
-            probs += pred[f"prob{key}_scored"]
+            # As the model reports them: pooled AUROC depends on each fold's scale.
+            temp = float(r.get(f"score{key}_temperature", 1.0)) if calibrates(r) else 1.0
+            probs += reported_probs(pred[f"prob{key}_scored"], temp).tolist()
             labels += [by_id[i][0] for i in pred[f"id{key}_scored"]]
             sources += [by_id[i][1] for i in pred[f"id{key}_scored"]]
         out[name] = {"prefix": f"score{key}_test", "prob": probs, "label": labels,
@@ -259,6 +261,14 @@ def calibrates(row: dict) -> bool:
     return bool({**config["model"]["init_args"], **row.get("set", {})}.get("calibrate", False))
 
 
+def reported_probs(probs, temperature: float):
+    """The network's P(TB) divided through its fitted temperature (1: unchanged)."""
+    import numpy as np
+
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+
 def fold_scores(row: dict, key: str = "") -> dict:
     """One fold's validation and test P(TB) as the model reports it (its temperature applied
     when it calibrates), sorted by image id; ``key`` "_tta" for the TTA scores."""
@@ -270,9 +280,8 @@ def fold_scores(row: dict, key: str = "") -> dict:
 
     def part(ids: list, probs: list, labels: list) -> dict:
         order = np.argsort(np.array(ids, dtype=str), kind="stable")
-        p = np.clip(np.array(probs, dtype=np.float64)[order], 1e-7, 1 - 1e-7)
         return {"id": np.array(ids, dtype=str)[order],
-                "prob": 1 / (1 + np.exp(-np.log(p / (1 - p)) / temp)),
+                "prob": reported_probs(np.array(probs)[order], temp),
                 "label": np.array(labels, dtype=np.float64)[order]}  # fmt: skip
 
     test_ids = pred[f"id{key}_scored"]
