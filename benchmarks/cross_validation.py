@@ -15,6 +15,7 @@ AUROC of all folds' predictions pooled, and a second table gives it per image so
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -42,6 +43,12 @@ DEFAULT_RUNS = [
     "mobilenet_ft:clahe",
     "mobilenet_frozen:clahe",
 ]
+
+
+@functools.cache
+def load_config(name: str) -> dict:
+    """configs/NAME as a dict (read once; callers must not change it)."""
+    return yaml.safe_load((REPO / "configs" / name).read_text())
 
 
 def run_fold(variant: str, preprocessing: str, fold: int, args: argparse.Namespace) -> dict:
@@ -72,7 +79,7 @@ def train_and_score(
 
     torch.set_num_threads(max(1, args.threads))
     config_name, overrides = VARIANTS[variant]
-    config = yaml.safe_load((REPO / "configs" / config_name).read_text())
+    config = load_config(config_name)
     model_cfg = config["model"]
     kwargs = {**model_cfg["init_args"], **args.set, **overrides}  # "frozen" stays frozen
     if "Timm" in model_cfg["class_path"]:
@@ -257,7 +264,7 @@ def lever_rows(group: list[dict]) -> dict[str, dict]:
 
 def calibrates(row: dict) -> bool:
     """Whether the run's model reports temperature-scaled P(TB) (its config and --set)."""
-    config = yaml.safe_load((REPO / "configs" / VARIANTS[row["variant"]][0]).read_text())
+    config = load_config(VARIANTS[row["variant"]][0])
     return bool({**config["model"]["init_args"], **row.get("set", {})}.get("calibrate", False))
 
 

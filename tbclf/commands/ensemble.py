@@ -33,7 +33,7 @@ from tbclf.engine.provenance import DECISION_RULE
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
 from tbclf.evaluation.roc import auroc
-from tbclf.evaluation.threshold import pick_threshold
+from tbclf.evaluation.threshold import goal_text, pick_threshold
 from tbclf.io import check_can_write
 
 OUTPUTS = ("predictions.csv", "predictions.json", "report")
@@ -157,6 +157,4 @@ def main(argv: list[str]) -> dict[str, Any]:
 
 
 def _goal(model: Any) -> str:
-    if model.threshold_strategy == "sensitivity":
-        return f" for {100 * model.target_sensitivity:.0f}% sensitivity"
-    return f" ({model.threshold_strategy})"
+    return goal_text(model.threshold_strategy, model.target_sensitivity)

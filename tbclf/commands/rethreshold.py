@@ -25,7 +25,12 @@ from tbclf.engine.scoring import score_loader
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
 from tbclf.evaluation.intervals import proportion_ci
-from tbclf.evaluation.threshold import STRATEGIES, pick_threshold, sensitivity_specificity
+from tbclf.evaluation.threshold import (
+    STRATEGIES,
+    goal_text,
+    pick_threshold,
+    sensitivity_specificity,
+)
 from tbclf.models.loading import THRESHOLD_SOURCE_KEY, load_classifier, read_checkpoint
 
 # Below this many images of a class the chosen point is mostly noise: say so.
@@ -85,7 +90,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     sens, spec = sensitivity_specificity(prob, raw["label"], threshold)
     old_sens, old_spec = sensitivity_specificity(old_prob, raw["label"], old_threshold)
 
-    goal = f" for {100 * target:.0f}% sensitivity" if strategy == "sensitivity" else " (youden)"
+    goal = goal_text(strategy, target)
     origin = {
         "source": "site validation",
         "val_root": str(args.val_root),

@@ -26,6 +26,7 @@ from tbclf.evaluation.figures import (
 )
 from tbclf.evaluation.metrics import METRIC_NAMES, METRICS, as_arrays, metrics_with_intervals
 from tbclf.evaluation.roc import average_precision
+from tbclf.evaluation.threshold import goal_text
 from tbclf.io import (
     atomic_write_json,
     atomic_write_text,
@@ -85,20 +86,7 @@ def _threshold_sentence(threshold: float, info: Mapping[str, Any] | None) -> str
         source = "the validation set"
     if not source:
         return f"At threshold {threshold:.2f} (no record of how it was chosen)"
-    strategy = info.get("strategy")
-    if strategy == "sensitivity":
-        target = info.get("target_sensitivity")
-        how = (
-            f" for {100 * float(target):.0f}% sensitivity"
-            if target is not None
-            else " for a target sensitivity"
-        )
-    elif strategy == "youden":
-        how = " to maximise sensitivity + specificity (Youden index)"
-    elif strategy:
-        how = f" ({strategy})"
-    else:
-        how = ""
+    how = goal_text(info.get("strategy"), info.get("target_sensitivity"))
     return f"At threshold {threshold:.2f}, chosen on {source}{how}"
 
 

@@ -18,6 +18,17 @@ STRATEGIES = ("sensitivity", "youden")
 DEFAULT_THRESHOLD = 0.5
 
 
+def goal_text(strategy: str | None, target_sensitivity: float | None = None) -> str:
+    """What a strategy aims at, in words (" for 90% sensitivity"), for reports and records."""
+    if strategy == "sensitivity":
+        if target_sensitivity is None:
+            return " for a target sensitivity"
+        return f" for {100 * float(target_sensitivity):.0f}% sensitivity"
+    if strategy == "youden":
+        return " to maximise sensitivity + specificity (Youden index)"
+    return f" ({strategy})" if strategy else ""
+
+
 def _clean(probs: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray):
     """Return float64 scores and int labels with unlabeled (NaN) entries dropped."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
