@@ -106,6 +106,10 @@ def train_and_score(
         from tbclf.engine.averaging import EMA
 
         callbacks.append(EMA(decay=args.ema))
+    if args.swa is not None:
+        from tbclf.engine.averaging import SWA
+
+        callbacks.append(SWA(start=args.swa))
     trainer = quiet_trainer(
         max_epochs=args.epochs or config["trainer"]["max_epochs"],
         accelerator="auto",
@@ -140,6 +144,7 @@ def train_and_score(
     }
     row["seconds_train"] = time.perf_counter() - start
     row["ema"] = args.ema
+    row["swa"] = args.swa
     row["model_seed"] = args.model_seed
     outputs = {k: v.tolist() for k, v in model.test_outputs.items()}
     outputs.update(test_time_levers(checkpoint.best_model_path, data, row))
@@ -517,6 +522,14 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ema", type=float, default=None, help="EMA weight averaging with this decay per step"
+    )
+    parser.add_argument(
+        "--swa",
+        type=lambda v: float(v) if "." in v else int(v),
+        default=None,
+        metavar="START",
+        help="equal-weight (SWA) averaging of each epoch's weights from this epoch index, or "
+        "fraction of max epochs (0.5)",
     )
     parser.add_argument(
         "--set",
