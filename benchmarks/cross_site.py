@@ -15,6 +15,12 @@ part for 90% sensitivity, i.e. the threshold as it transfers to the new site.
     python benchmarks/cross_site.py ... --models mobilenet_ft --protocols loso
 
 A finished run is not trained again; `--table-only` tabulates what is under --out.
+
+How many labelled images of the new site `tbclf rethreshold` needs: `--rethreshold 5 10 20`
+re-picks each leave-one-source-out model's threshold on that many images per class drawn
+from its held-out site (many random draws) and scores the rest of the site at it.
+
+    python benchmarks/cross_site.py --data ... --out /tmp/xsite --table-only --rethreshold 5 10 20
 """
 
 from __future__ import annotations
@@ -136,6 +142,72 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rethreshold_draws(
+    probs: list, labels: list, per_class: int, draws: int, seed: int = 0
+) -> dict[str, float] | None:
+    """`draws` times: pick the 90%-sensitivity threshold as `tbclf rethreshold` does on
+    `per_class` random images of each class, then score the site's other images at it.
+    None when the site has too few images of a class to leave at least as many to score."""
+    import numpy as np
+
+    from tbclf.evaluation.threshold import pick_threshold, sensitivity_specificity
+
+    p, y = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if min(len(pos), len(neg)) < 2 * per_class:
+        return None
+    rng = np.random.default_rng(seed)
+    sens, spec = [], []
+    for _ in range(draws):
+        pick = np.concatenate([rng.choice(pos, per_class, replace=False),
+                               rng.choice(neg, per_class, replace=False)])  # fmt: skip
+        rest = np.setdiff1d(np.arange(len(y)), pick)
+        threshold = pick_threshold(p[pick], y[pick], "sensitivity", 0.9)
+        se, sp = sensitivity_specificity(p[rest], y[rest], threshold)
+        sens.append(se)
+        spec.append(sp)
+    sens_arr, spec_arr = np.asarray(sens), np.asarray(spec)
+    return {
+        "sens_median": float(np.median(sens_arr)),
+        "sens_p10": float(np.quantile(sens_arr, 0.1)),
+        "share_sens_085": float(np.mean(sens_arr >= 0.85)),
+        "spec_median": float(np.median(spec_arr)),
+        "spec_p10": float(np.quantile(spec_arr, 0.1)),
+    }
+
+
+def rethreshold_table(rows: list[dict], sizes: list[int], draws: int = 1000) -> str:
+    """Per leave-one-source-out run and images per class: the 90%-sensitivity threshold
+    re-picked on a few of the held-out site's images, scored on the rest of that site."""
+    lines = [
+        "| model | new site (TB / healthy) | images per class for the threshold | test "
+        "sensitivity median (10th percentile) | draws with sensitivity >= 0.85 | test "
+        "specificity median (10th percentile) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["variant"], r["case"])):
+        if r["protocol"] != "loso":
+            continue
+        pred, site = r["predictions"], ", ".join(r["test_sources"])
+        n_pos = sum(1 for y in pred["label"] if y == 1)
+        counts = f"{site} ({n_pos} / {len(pred['label']) - n_pos})"
+        lines.append(
+            f"| {r['variant']} | {counts} | none (the transferred threshold) | "
+            f"{r['test_sensitivity']:.2f} | | {r['test_specificity']:.2f} |"
+        )
+        for n in sizes:
+            got = rethreshold_draws(pred["prob"], pred["label"], n, draws)
+            if got is None:
+                lines.append(f"| {r['variant']} | {counts} | {n} | too few images | | |")
+                continue
+            lines.append(
+                f"| {r['variant']} | {counts} | {n} | {got['sens_median']:.2f} "
+                f"({got['sens_p10']:.2f}) | {got['share_sens_085']:.0%} | "
+                f"{got['spec_median']:.2f} ({got['spec_p10']:.2f}) |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_args(parser)
@@ -143,12 +215,18 @@ def main() -> None:
                         choices=sorted(VARIANTS))  # fmt: skip
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--preprocessing", default="clahe")
+    parser.add_argument("--rethreshold", nargs="+", type=int, default=[], metavar="N",
+                        help="also tabulate thresholds re-picked on N images per class of "
+                        "each held-out site")  # fmt: skip
     args = parser.parse_args()
     args.set = dict(parse_setting(item) for item in args.set)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = finished(args.out) if args.table_only else run_all(args)
-    text = table(with_predictions(rows, args.out))
+    rows = with_predictions(rows, args.out)
+    text = table(rows)
+    if args.rethreshold:
+        text += "\n\n" + rethreshold_table(rows, args.rethreshold)
     print(text)
     if not args.table_only:
         print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s")
