@@ -143,9 +143,9 @@ def table(rows: list[dict]) -> str:
 
 
 def rethreshold_draws(
-    probs: list, labels: list, per_class: int, draws: int, seed: int = 0
+    probs: list, labels: list, per_class: int, draws: int, seed: int = 0, target: float = 0.9
 ) -> dict[str, float] | None:
-    """`draws` times: pick the 90%-sensitivity threshold as `tbclf rethreshold` does on
+    """`draws` times: pick the `target`-sensitivity threshold as `tbclf rethreshold` does on
     `per_class` random images of each class, then score the site's other images at it.
     None when the site has too few images of a class to leave at least as many to score."""
     import numpy as np
@@ -162,7 +162,7 @@ def rethreshold_draws(
         pick = np.concatenate([rng.choice(pos, per_class, replace=False),
                                rng.choice(neg, per_class, replace=False)])  # fmt: skip
         rest = np.setdiff1d(np.arange(len(y)), pick)
-        threshold = pick_threshold(p[pick], y[pick], "sensitivity", 0.9)
+        threshold = pick_threshold(p[pick], y[pick], "sensitivity", target)
         se, sp = sensitivity_specificity(p[rest], y[rest], threshold)
         sens.append(se)
         spec.append(sp)
@@ -176,11 +176,14 @@ def rethreshold_draws(
     }
 
 
-def rethreshold_table(rows: list[dict], sizes: list[int], draws: int = 1000) -> str:
-    """Per leave-one-source-out run and images per class: the 90%-sensitivity threshold
+def rethreshold_table(
+    rows: list[dict], sizes: list[int], draws: int = 1000, target: float = 0.9
+) -> str:
+    """Per leave-one-source-out run and images per class: the `target`-sensitivity threshold
     re-picked on a few of the held-out site's images, scored on the rest of that site."""
     lines = [
-        "| model | new site (TB / healthy) | images per class for the threshold | test "
+        f"| model | new site (TB / healthy) | images per class for the {target:.0%}-sensitivity "
+        "threshold | test "
         "sensitivity median (10th percentile) | draws with sensitivity >= 0.85 | test "
         "specificity median (10th percentile) |",
         "|---|---|---|---|---|---|",
@@ -196,7 +199,7 @@ def rethreshold_table(rows: list[dict], sizes: list[int], draws: int = 1000) -> 
             f"{r['test_sensitivity']:.2f} | | {r['test_specificity']:.2f} |"
         )
         for n in sizes:
-            got = rethreshold_draws(pred["prob"], pred["label"], n, draws)
+            got = rethreshold_draws(pred["prob"], pred["label"], n, draws, target=target)
             if got is None:
                 lines.append(f"| {r['variant']} | {counts} | {n} | too few images | | |")
                 continue
@@ -218,6 +221,8 @@ def main() -> None:
     parser.add_argument("--rethreshold", nargs="+", type=int, default=[], metavar="N",
                         help="also tabulate thresholds re-picked on N images per class of "
                         "each held-out site")  # fmt: skip
+    parser.add_argument("--rethreshold-target", type=float, default=0.9,
+                        help="the sensitivity those thresholds aim for")  # fmt: skip
     args = parser.parse_args()
     args.set = dict(parse_setting(item) for item in args.set)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -226,7 +231,7 @@ def main() -> None:
     rows = with_predictions(rows, args.out)
     text = table(rows)
     if args.rethreshold:
-        text += "\n\n" + rethreshold_table(rows, args.rethreshold)
+        text += "\n\n" + rethreshold_table(rows, args.rethreshold, target=args.rethreshold_target)
     print(text)
     if not args.table_only:
         print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s")

@@ -38,6 +38,9 @@ def test_more_images_give_a_steadier_operating_point():
     assert many["sens_p10"] > few["sens_p10"]  # fewer bad draws far below the target
     assert abs(many["sens_median"] - 0.9) < 0.05
     assert few == xsite.rethreshold_draws(probs, labels, per_class=5, draws=400)  # seeded
+    strict = xsite.rethreshold_draws(probs, labels, per_class=50, draws=400, target=1.0)
+    assert strict["sens_median"] > many["sens_median"]  # a higher aim buys sensitivity
+    assert strict["spec_median"] < many["spec_median"]  # with specificity
 
 
 def test_a_site_too_small_for_the_draw_is_reported_not_guessed():
