@@ -20,6 +20,8 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
+from tbclf.errors import ConfigError
+
 # Buffers chosen on validation rather than learned: never averaged into a checkpoint.
 CHOSEN_BUFFERS = ("threshold", "temperature")
 
@@ -56,8 +58,6 @@ class EMA(_KeepsChosenBuffers, EMAWeightAveraging):
 
     def __init__(self, decay: float = 0.97, update_starting_at_epoch: int | None = None) -> None:
         if not 0.0 < decay < 1.0:
-            from tbclf.errors import ConfigError
-
             raise ConfigError(f"EMA decay must be in (0, 1), got {decay}")
         super().__init__(decay=decay, update_starting_at_epoch=update_starting_at_epoch)
 
@@ -77,8 +77,6 @@ class SWA(_KeepsChosenBuffers):
     """
 
     def __init__(self, start: int | float = 0.5) -> None:
-        from tbclf.errors import ConfigError
-
         if isinstance(start, bool) or not (
             (isinstance(start, int) and start >= 0)
             or (isinstance(start, float) and 0.0 < start < 1.0)
@@ -95,8 +93,6 @@ class SWA(_KeepsChosenBuffers):
         if isinstance(self.start, float):
             max_epochs = trainer.max_epochs
             if max_epochs is None or max_epochs < 0:
-                from tbclf.errors import ConfigError
-
                 raise ConfigError(
                     "SWA start as a fraction needs a finite trainer.max_epochs; give an epoch "
                     "index instead (--trainer.callbacks.start 5)"
