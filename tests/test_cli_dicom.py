@@ -1,4 +1,4 @@
-"""Done-when of issue 10: a folder of DICOMs made from PNGs trains, predicts, runs eda and
+"""A folder of DICOMs made from PNGs trains, predicts, runs eda and
 explain, and predicts what the PNGs predict; no identifying tag reaches any output."""
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def test_no_images_found(tmp_path: Path) -> None:
         discover(tmp_path)
     msg = str(err.value)
     assert "NLM file names" in msg and "Zindi" in msg and "class folders" in msg
-    assert "Data layouts" in msg and "README" in msg
+    assert "Data layouts" in msg and "docs/data.md" in msg
 
 
 def test_images_matching_no_layout(tmp_path: Path) -> None:

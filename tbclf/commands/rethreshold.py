@@ -3,13 +3,12 @@
 `tbclf rethreshold` re-picks the threshold (and optionally the temperature) on labelled images
 from the site the model will screen.
 
-A threshold chosen on one site's validation images does not transfer: in the cross-site
-benchmark the "90% sensitivity" threshold gave 0.36-0.47 sensitivity on two held-out sites.
-Re-picked on 5-20 labelled images a class of the new site, the median sensitivity there comes
-back to 0.83-0.89, but one draw in ten gives 0.56-0.74 (benchmarks/README.md): use every
-labelled image the site has. The weights are untouched. The new
-checkpoint records where its threshold came from, so `test`, `predict`, `export` and `serve`
-all say so.
+A threshold chosen on one site's validation images does not transfer to another site, and a
+few labelled images of the new site pin it only loosely: docs/results.md and
+benchmarks/README.md ("How many images of a new site `tbclf rethreshold` needs") give the
+measured figures, so use every labelled image the site has. The weights are untouched. The
+new checkpoint records where its threshold came from, so `test`, `predict`, `export` and
+`serve` all say so.
 """
 
 from __future__ import annotations

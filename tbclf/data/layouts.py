@@ -42,7 +42,7 @@ COMPANION_EXTENSIONS = (
     ".tgz", ".7z", ".py", ".ipynb", ".db",
 )  # fmt: skip
 _SHOWN = 10
-README_HINT = 'See the "Data layouts" section of README.md.'
+README_HINT = 'See "Data layouts" in docs/data.md.'
 NLM_PATTERN = re.compile(r"^(CHNCXR|MCUCXR)_(\d+)_([01])$", re.IGNORECASE)
 NLM_SOURCES = {"CHNCXR": "shenzhen", "MCUCXR": "montgomery"}
 CLASS_FOLDERS = {
