@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from tbclf.evaluation.probability import reported_probability
 from tbclf.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def test_time_levers(ckpt: str, data, row: dict) -> dict:
                              model.target_sensitivity)  # fmt: skip
         sens, spec = sensitivity_specificity(t["prob"], t["label"], thr)
         temp = cal.fit_temperature(v["logit"], v["label"])
-        calibrated = cal.apply_temperature(t["logit"], temp)
+        calibrated = reported_probability(t["logit"], temp).numpy()
         row.update({
             f"score{name}_test_auroc": auroc(t["prob"].tolist(), t["label"].tolist()),
             f"score{name}_test_sensitivity": float(sens),
@@ -274,11 +275,14 @@ def calibrates(row: dict) -> bool:
 
 
 def reported_probs(probs, temperature: float):
-    """The network's P(TB) divided through its fitted temperature (1: unchanged)."""
-    import numpy as np
+    """The network's stored P(TB) as the model reports it, through its fitted temperature
+    (1: unchanged)."""
+    import torch
 
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+    from tbclf.models.tta import prob_to_logit
+
+    scores = prob_to_logit(torch.as_tensor(probs, dtype=torch.float32))
+    return reported_probability(scores, temperature).numpy()
 
 
 def fold_scores(row: dict, key: str = "") -> dict:

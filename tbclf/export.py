@@ -32,6 +32,7 @@ from tbclf.engine import rundir
 from tbclf.engine.provenance import threshold_info_of
 from tbclf.engine.rundir import run_dir_of
 from tbclf.errors import ConfigError
+from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.roc import auroc
 from tbclf.io import atomic_write_bytes
 
@@ -95,8 +96,9 @@ def training_run(ckpt_path: str | Path) -> dict[str, Any]:
     }
 
 
-def model_description(model: torch.nn.Module) -> dict[str, Any]:
-    """The architecture in a few words (class, backbone, channels)."""
+def model_description(model: torch.nn.Module, tta: bool = False) -> dict[str, Any]:
+    """The architecture in a few words (class, backbone, channels), its temperature and
+    whether test-time augmentation is part of the exported graph."""
     hparams = dict(getattr(model, "hparams", {}) or {})
     cls = type(model)
     return {
@@ -107,11 +109,13 @@ def model_description(model: torch.nn.Module) -> dict[str, Any]:
         # Already inside the exported logit; recorded so the file says how it was calibrated.
         "temperature": float(getattr(model, "temperature", 1.0)),
         # Test-time augmentation traced into the graph: the logit of the views' mean P(TB).
-        "tta": bool(getattr(model, "tta", False)),
+        "tta": bool(tta),
     }
 
 
-def metadata(model: torch.nn.Module, run: dict[str, Any] | None) -> dict[str, str]:
+def metadata(
+    model: torch.nn.Module, run: dict[str, Any] | None, tta: bool = False
+) -> dict[str, str]:
     """The metadata_props that make the ONNX file self-describing."""
     return {
         META_SPEC: json.dumps(model.input_spec.to_dict()),
@@ -120,7 +124,7 @@ def metadata(model: torch.nn.Module, run: dict[str, Any] | None) -> dict[str, st
         META_CLASSES: json.dumps(CLASSES),
         META_VERSION: tbclf.__version__,
         META_RUN: json.dumps(run or {}),
-        META_MODEL: json.dumps(model_description(model)),
+        META_MODEL: json.dumps(model_description(model, tta)),
         META_QUANT: "none",
     }
 
@@ -194,22 +198,25 @@ def _static_adaptive_pools(model: torch.nn.Module, example: torch.Tensor) -> tor
 class ReportedLogits(torch.nn.Module):
     """The model's reported logits (its temperature included), as the module to trace."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, tta: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.tta = bool(tta)
         self.input_spec = model.input_spec
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.calibrated_logits(images)
+        return self.model.calibrated_logits(images, self.tta)
 
 
-def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET) -> onnx.ModelProto:
+def to_onnx_proto(model: torch.nn.Module, opset: int = OPSET, tta: bool = False) -> onnx.ModelProto:
     """Trace the model (eval mode, CPU, fp32) to ONNX with a dynamic batch axis; the output is
     the logit the model reports (divided by its fitted temperature; of the mean P(TB) over
-    the test-time views when ``model.tta`` is on, so the file costs one pass per view)."""
+    the test-time views with ``tta``, so the file costs one pass per view)."""
     model = model.to("cpu", torch.float32).eval()
     if hasattr(model, "calibrated_logits"):
-        model = ReportedLogits(model).eval()
+        model = ReportedLogits(model, tta).eval()
+    elif tta:
+        raise ConfigError(f"{type(model).__name__} has no test-time augmentation to export.")
     size = model.input_spec.image_size
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     model = _static_adaptive_pools(model, example)
@@ -256,33 +263,26 @@ def ort_session(source: str | Path | bytes, threads: int | None = None):
     return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
-
-
 def onnx_probabilities(session, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """P(TB) per image from an ORT session."""
+    """P(TB) per image from an ORT session (the graph's output is the reported logit)."""
     out = [
         session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
         for i in range(0, len(images), batch_size)
     ]
-    return _sigmoid(np.concatenate(out)) if out else np.zeros(0)
-
-
-def _reported(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    calibrated = getattr(model, "calibrated_logits", None)
-    return calibrated(images) if calibrated is not None else model(images)
+    return reported_probability(np.concatenate(out)).numpy() if out else np.zeros(0, np.float32)
 
 
 def torch_probabilities(
-    model: torch.nn.Module, images: np.ndarray, batch_size: int = 32
+    model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, tta: bool = False
 ) -> np.ndarray:
+    """P(TB) per image as the PyTorch model reports it (a bare module: temperature 1)."""
+    proba = getattr(model, "predict_proba", None)
+    out = []
     with torch.inference_mode():
-        out = [
-            _reported(model, torch.from_numpy(images[i : i + batch_size])).double().numpy()
-            for i in range(0, len(images), batch_size)
-        ]
-    return _sigmoid(np.concatenate(out)) if out else np.zeros(0)
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i : i + batch_size])
+            out.append(proba(x, tta) if proba is not None else reported_probability(model(x)))
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 def prepare_images(
@@ -295,14 +295,18 @@ def prepare_images(
 
 
 def check_equal(
-    model: torch.nn.Module, onnx_bytes: bytes, images: np.ndarray, where: str | Path
+    model: torch.nn.Module,
+    onnx_bytes: bytes,
+    images: np.ndarray,
+    where: str | Path,
+    tta: bool = False,
 ) -> float:
     """Max |P_onnx - P_torch| over `images`; ConfigError when above MAX_PROB_DIFF."""
     diff = float(
         np.max(
             np.abs(
                 onnx_probabilities(ort_session(onnx_bytes), images)
-                - torch_probabilities(model, images)
+                - torch_probabilities(model, images, tta=tta)
             )
         )
     )
@@ -321,6 +325,7 @@ def export_onnx(
     check_images: np.ndarray | None = None,
     overwrite: bool = False,
     opset: int = OPSET,
+    tta: bool = False,
 ) -> tuple[Path, float]:
     """Write `model` as a checked, self-describing ONNX file; returns (path, max prob diff).
 
@@ -329,8 +334,8 @@ def export_onnx(
     """
     out = Path(out)
     refuse_existing(out, overwrite)
-    proto = to_onnx_proto(model, opset)
-    _set_metadata(proto, metadata(model, run))
+    proto = to_onnx_proto(model, opset, tta)
+    _set_metadata(proto, metadata(model, run, tta))
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     if check_images is None or len(check_images) == 0:
@@ -338,7 +343,7 @@ def export_onnx(
         check_images = torch.rand(
             8, 1, size, size, generator=torch.Generator().manual_seed(1)
         ).numpy()
-    diff = check_equal(model, data, check_images, out)
+    diff = check_equal(model, data, check_images, out, tta)
     atomic_write_bytes(out, data)
     return out, diff
 

@@ -26,8 +26,9 @@ import tbclf
 from tbclf.data import imageio
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.data.spec import InputSpec
-from tbclf.engine.provenance import DECISION_RULE, model_record
+from tbclf.engine.provenance import model_record
 from tbclf.errors import ConfigError
+from tbclf.evaluation.probability import DECISION_RULE, decide, reported_probability
 
 LABELS = {0: "healthy", 1: "TB"}
 MAX_MODEL_BYTES = 1 << 30  # no tbclf model is near this; a bigger file is not one of ours
@@ -57,12 +58,6 @@ class ModelInfo:
         return dict(self.__dict__)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """float32 sigmoid, as the training module's predict_step: the threshold was picked on
-    float32 probabilities, so an image exactly at it gets the same decision."""
-    return torch.sigmoid(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
-
-
 def _file_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -81,7 +76,8 @@ class Predictor:
     record: dict[str, Any]  # the predictions.json sidecar's account of the model
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """(B, 1, S, S) float32 in [0, 1] -> (B,) logits."""
+        """(B, 1, S, S) float32 in [0, 1] -> (B,) reported logits (temperature and, when the
+        predictor uses it, TTA included): P(TB) = sigmoid(these)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ inputs
@@ -103,10 +99,12 @@ class Predictor:
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
         parts = [self.logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        return _sigmoid(np.concatenate(parts)) if parts else np.zeros(0)
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return reported_probability(np.concatenate(parts)).numpy()
 
     def decide(self, prob: float) -> Prediction:
-        return Prediction(float(prob), int(np.float32(prob) >= np.float32(self.threshold)))
+        return Prediction(float(prob), int(decide(prob, self.threshold)))
 
     def predict_array(self, image: np.ndarray) -> Prediction:
         """One prepared (1, S, S) image."""
@@ -131,7 +129,9 @@ class Predictor:
 class OnnxPredictor(Predictor):
     """ONNX Runtime (CPU); the spec and threshold come from the file's metadata."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, threads: int | None = None, tta: bool | None = None
+    ) -> None:
         from tbclf import export
 
         self.path = Path(path)
@@ -151,6 +151,13 @@ class OnnxPredictor(Predictor):
             source = json.loads(meta.get(export.META_THRESHOLD_SOURCE) or "{}")
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{self.path}: unreadable tbclf metadata ({error}).") from None
+        self.tta = bool(model.get("tta", False))
+        if tta is not None and bool(tta) != self.tta:
+            raise ConfigError(
+                f"{self.path} was exported {'with' if self.tta else 'without'} test-time "
+                f"augmentation, which is part of its graph; export it again with `tbclf export "
+                f"--tta {str(bool(tta)).lower()}` (or leave --tta out)."
+            )
         self.session = export.ort_session(proto.SerializeToString(), threads)
         self.info = ModelInfo(
             name=run.get("run") or self.path.stem,
@@ -168,7 +175,7 @@ class OnnxPredictor(Predictor):
             },
             "decision_rule": DECISION_RULE,
             "temperature": float(model.get("temperature", 1.0)),
-            "tta": bool(model.get("tta", False)),
+            "tta": self.tta,
             "model_class": model.get("class_path") or model.get("class"),
             "input_spec": self.spec.to_dict(),
             "tbclf_version": self.info.tbclf_version,
@@ -210,17 +217,18 @@ def _load_onnx(path: Path):
 class TorchPredictor(Predictor):
     """The checkpoint through PyTorch eager (also what /explain's Grad-CAM needs)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tta: bool = False) -> None:
         from tbclf.engine.rundir import run_dir_of
         from tbclf.export import model_description
         from tbclf.models.loading import load_classifier
 
         self.path = Path(path)
         self.model = load_classifier(self.path)
+        self.tta = bool(tta)
         self.spec = self.model.input_spec
         self.threshold = float(self.model.threshold)
         self.explain_lock = threading.Lock()  # Grad-CAM hooks the shared model
-        self.record = model_record(self.model, str(self.path.resolve()))
+        self.record = model_record(self.model, str(self.path.resolve()), self.tta)
         run_dir = run_dir_of(self.path)
         model = model_description(self.model)
         self.info = ModelInfo(
@@ -233,24 +241,29 @@ class TorchPredictor(Predictor):
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model.calibrated_logits(torch.from_numpy(images)).numpy()
+            return self.model.calibrated_logits(torch.from_numpy(images), self.tta).numpy()
 
     def explain(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Grad-CAM overlay (RGB uint8, S x S) and P(TB) for one prepared (1, S, S) image."""
         from tbclf.explain.gradcam import compute_cams, overlay
 
         with self.explain_lock:
-            cams, probs = compute_cams(self.model, torch.from_numpy(image[None]))
+            cams, probs = compute_cams(self.model, torch.from_numpy(image[None]), tta=self.tta)
         return overlay(image[0], cams[0]), float(probs[0])
 
 
-def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
-    """An :class:`OnnxPredictor` for `.onnx`, a :class:`TorchPredictor` for a checkpoint."""
+def load_predictor(
+    path: str | Path, threads: int | None = None, tta: bool | None = None
+) -> Predictor:
+    """An :class:`OnnxPredictor` for `.onnx`, a :class:`TorchPredictor` for a checkpoint.
+
+    ``tta``: average over the test-time views (a checkpoint: None = off); an ONNX file has it
+    in its graph or not, and None takes it as exported."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        return OnnxPredictor(p, threads)
+        return OnnxPredictor(p, threads, tta)
     if p.suffix.lower() in (".ckpt", ".pt", ".pth"):
-        return TorchPredictor(p)
+        return TorchPredictor(p, bool(tta))
     raise ConfigError(f"--model {p}: expected a .onnx file or a tbclf .ckpt checkpoint.")
 
 

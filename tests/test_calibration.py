@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tbclf.evaluation import calibration as cal
+from tbclf.evaluation.probability import reported_probability
 
 
 def overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,8 +23,8 @@ def test_temperature_fitted_on_validation_lowers_nll_on_held_data():
     before = cal.nll(held_logits, held_labels)
     after = cal.nll(held_logits, held_labels, t)
     assert after < before - 0.05
-    calibrated = cal.apply_temperature(held_logits, t)
-    raw = cal.apply_temperature(held_logits, 1.0)
+    calibrated = reported_probability(held_logits, t).numpy()
+    raw = reported_probability(held_logits, 1.0).numpy()
     assert cal.ece(calibrated, held_labels) < cal.ece(raw, held_labels)
     assert cal.brier(calibrated, held_labels) < cal.brier(raw, held_labels)
 
@@ -31,7 +32,7 @@ def test_temperature_fitted_on_validation_lowers_nll_on_held_data():
 def test_temperature_keeps_the_ranking_and_is_one_without_both_classes():
     logits, labels = overconfident(100, seed=2)
     t = cal.fit_temperature(logits, labels)
-    assert np.array_equal(np.argsort(cal.apply_temperature(logits, t)), np.argsort(logits))
+    assert np.array_equal(np.argsort(reported_probability(logits, t).numpy()), np.argsort(logits))
     assert cal.fit_temperature(logits, np.ones_like(labels)) == 1.0
 
 

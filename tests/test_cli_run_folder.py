@@ -206,9 +206,8 @@ def test_predict_with_tta_averages_the_views_and_records_it(run, tmp_path: Path)
     paths = {p.stem: p for p in (base / "data" / "sb").rglob("*.png")}
     for row in rows[:4]:
         image = model.input_spec.prepare(paths[Path(row["ID"]).name])
-        model.tta = True
         expected = pytest.approx(float(row["LABEL"]), abs=1e-5)
-        assert model.predict_proba(image[None]).item() == expected
+        assert model.predict_proba(image[None], tta=True).item() == expected
         raw = tta_probs(model, image[None])  # the views' mean, then the temperature
         calibrated = torch.sigmoid(torch.logit(raw) / model.temperature)
         assert calibrated.item() == expected

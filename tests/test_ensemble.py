@@ -11,6 +11,7 @@ from tbclf.commands.ensemble import main as ensemble_main
 from tbclf.data.spec import InputSpec
 from tbclf.engine.ensemble import ensemble_scores, load_members
 from tbclf.errors import ConfigError
+from tbclf.evaluation.probability import reported_probability
 from tbclf.io import read_output_csv
 from tbclf.models import SimpleCNNClassifier
 
@@ -159,9 +160,8 @@ def test_members_sharing_a_validation_split_are_thresholded_on_it(tmp_path):
                           "--calibrate", "true"])  # fmt: skip
     val = ensemble_scores(load_members(members), split["val"])
     temp = info["temperature"]
-    from tbclf.evaluation import calibration as cal
 
-    prob = cal.apply_temperature(val["logit"], temp)
+    prob = reported_probability(val["logit"], temp).numpy()
     assert info["threshold"] == pytest.approx(
         pick_threshold(prob, val["label"], "sensitivity", 0.9)
     )

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
+from tbclf.evaluation.probability import reported_probability
 from tbclf.explain.gradcam import compute_cams
 from tbclf.export import onnx_probabilities, ort_session, to_onnx_proto
 from tbclf.models import SimpleCNNClassifier
@@ -44,7 +45,9 @@ def test_temperature_is_fitted_on_validation_saved_and_used_everywhere(tmp_path)
     assert temperature != 1.0
     assert temperature == pytest.approx(cal.fit_temperature(val["logit"], val["label"]), rel=1e-5)
     # The reported probabilities are the calibrated ones, and the threshold was picked on them.
-    assert np.allclose(val["prob"], cal.apply_temperature(val["logit"], temperature), atol=1e-6)
+    assert np.allclose(
+        val["prob"], reported_probability(val["logit"], temperature).numpy(), atol=1e-6
+    )
     loaded = load_classifier(path)
     assert float(loaded.temperature) == pytest.approx(temperature)
     images = FakeImages(8, seed=5).images

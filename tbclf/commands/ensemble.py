@@ -32,6 +32,7 @@ from tbclf.engine.predictions import write_predictions
 from tbclf.engine.provenance import DECISION_RULE
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
+from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.roc import auroc
 from tbclf.evaluation.threshold import goal_text, pick_threshold
 from tbclf.io import check_can_write
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         val = ensemble_scores(models, records, args.tta, args.batch_size)
         if args.calibrate:
             info["temperature"] = cal.fit_temperature(val["logit"], val["label"])
-        val_prob = cal.apply_temperature(val["logit"], info["temperature"])
+        val_prob = reported_probability(val["logit"], info["temperature"]).numpy()
         threshold = pick_threshold(
             val_prob, val["label"], first.threshold_strategy, first.target_sensitivity
         )
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     origin.update(strategy=first.threshold_strategy, target_sensitivity=first.target_sensitivity)
     scores = ensemble_scores(models, discover_predict(Path(args.predict_root)), args.tta,
                              args.batch_size)  # fmt: skip
-    prob = cal.apply_temperature(scores["logit"], info["temperature"])
+    prob = reported_probability(scores["logit"], info["temperature"]).numpy()
     rows = [
         (i, float(p), int(p >= threshold), None if np.isnan(y) else int(y))
         for i, p, y in zip(scores["id"], prob, scores["label"], strict=True)

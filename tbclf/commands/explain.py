@@ -32,6 +32,9 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         "--per_group", type=int, default=4, help="contact sheet: images per group (TP, FP, FN)"
     )
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.add_argument(
+        "--tta", type=bool, default=False, help="P(TB) averaged over the test-time views"
+    )
     cfg = parser.parse_args(argv)
     images = Path(cfg.images).expanduser()
     if not images.exists():
@@ -48,6 +51,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         max_images=cfg.max_images,
         max_pixels=cfg.max_pixels,
         overwrite=cfg.overwrite,
+        tta=cfg.tta,
     )
     labelled = [r for r in results if r["label"] is not None]
     if labelled and len({r["label"] for r in labelled}) == 2:

@@ -63,7 +63,6 @@ def main(argv: list[str]) -> dict[str, Any]:
             f"{export.MAX_INT8_AUROC_CHANGE}."
         )
     model = load_classifier(cfg.ckpt_path)
-    model.tta = cfg.tta
     run_dir = run_dir_of(cfg.ckpt_path)
     check = None
     if run_dir is not None and (run_dir / "split.json").is_file() and cfg.check_images > 0:
@@ -81,6 +80,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         check_images=check,
         overwrite=cfg.overwrite,
         opset=cfg.opset,
+        tta=cfg.tta,
     )
     what = f"{len(check)} test images" if check is not None and len(check) else "random images"
     print(f"wrote {path} (opset {cfg.opset}); max |P_onnx - P_torch| = {diff:.2e} on {what}")

@@ -26,6 +26,7 @@ from tbclf.engine.scoring import score_loader
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
 from tbclf.evaluation.intervals import proportion_ci
+from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.threshold import (
     STRATEGIES,
     goal_text,
@@ -85,8 +86,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     temperature = (
         cal.fit_temperature(raw["logit"], raw["label"]) if args.calibrate else old_temperature
     )
-    prob = cal.apply_temperature(raw["logit"], temperature)
-    old_prob = cal.apply_temperature(raw["logit"], old_temperature)
+    prob = reported_probability(raw["logit"], temperature).numpy()
+    old_prob = reported_probability(raw["logit"], old_temperature).numpy()
     threshold = pick_threshold(prob, raw["label"], strategy, target)
     sens, spec = sensitivity_specificity(prob, raw["label"], threshold)
     old_sens, old_spec = sensitivity_specificity(old_prob, raw["label"], old_threshold)

@@ -60,6 +60,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--max_images", type=int | None, default=None, help="first N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.add_argument(
+        "--tta", type=bool, default=False, help="P(TB) averaged over the test-time views"
+    )
     cfg = parser.parse_args(argv)
     model = load_classifier(cfg.ckpt_path)
     matched = match_boxes(discover_predict(Path(cfg.images)), read_boxes(cfg.boxes), cfg.unmatched)
@@ -78,6 +81,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         seed=cfg.seed,
         max_pixels=cfg.max_pixels,
         log=print,
+        tta=cfg.tta,
     )
     summary = write_outputs(
         run,

@@ -31,13 +31,19 @@ def main(argv: list[str]) -> None:
         "--threads", type=int, default=1, help="ONNX Runtime threads per call (.onnx models)"
     )
     parser.add_argument(
+        "--tta",
+        type=bool | None,
+        default=None,
+        help="average P(TB) over the test-time views (.ckpt; an .onnx has it as exported)",
+    )
+    parser.add_argument(
         "--limit_concurrency",
         type=int,
         default=64,
         help="open requests before uvicorn answers 503 (bounds memory under a flood)",
     )
     cfg = parser.parse_args(argv)
-    predictor = load_predictor(cfg.model, threads=cfg.threads)
+    predictor = load_predictor(cfg.model, threads=cfg.threads, tta=cfg.tta)
     if not cfg.model.lower().endswith(".onnx"):
         import torch
 

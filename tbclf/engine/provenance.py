@@ -11,8 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 import tbclf
-
-DECISION_RULE = "TB (DECISION 1) if LABEL = P(TB) >= threshold"
+from tbclf.evaluation.probability import DECISION_RULE
 
 
 def threshold_info_of(
@@ -40,8 +39,11 @@ def module_threshold(pl_module: pl.LightningModule) -> float:
     return float(threshold.item() if hasattr(threshold, "item") else threshold)
 
 
-def model_record(pl_module: pl.LightningModule, checkpoint: str | None) -> dict[str, Any]:
-    """Threshold, its origin, model class, input spec and tbclf version, as JSON-ready data."""
+def model_record(
+    pl_module: pl.LightningModule, checkpoint: str | None, tta: bool
+) -> dict[str, Any]:
+    """Threshold, its origin, temperature, TTA, model class, input spec and tbclf version, as
+    JSON-ready data."""
     cls = type(pl_module)
     spec = getattr(pl_module, "input_spec", None)
     return {
@@ -49,7 +51,7 @@ def model_record(pl_module: pl.LightningModule, checkpoint: str | None) -> dict[
         "threshold_source": threshold_info_of(pl_module, checkpoint),
         "decision_rule": DECISION_RULE,
         "temperature": float(getattr(pl_module, "temperature", 1.0)),
-        "tta": bool(getattr(pl_module, "tta", False)),
+        "tta": bool(tta),
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "input_spec": spec.to_dict() if spec is not None else None,
         "tbclf_version": tbclf.__version__,

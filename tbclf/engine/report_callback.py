@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback
 
 from tbclf.engine.provenance import module_threshold, threshold_info_of
 from tbclf.engine.rundir import run_dir_of
+from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.report import write_report
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ def _before_temperature(
     temperature = float(getattr(pl_module, "temperature", 1.0))
     if temperature == 1.0 or outputs.get("logit") is None:
         return None
-    logits = np.asarray(outputs["logit"], dtype=np.float64).reshape(-1)[keep]
-    return 1.0 / (1.0 + np.exp(-logits)), temperature
+    logits = np.asarray(outputs["logit"]).reshape(-1)[keep]
+    return reported_probability(logits).numpy(), temperature
 
 
 def _column(outputs: dict[str, Any], key: str, keep: np.ndarray) -> list[str] | None:

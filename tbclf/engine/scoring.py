@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tbclf.evaluation.probability import reported_logit, reported_probability
 from tbclf.models.tta import prob_to_logit, tta_probs
 
 
@@ -19,47 +20,41 @@ def score_loader(
 ) -> dict[str, np.ndarray]:
     """{"id", "source", "logit", "prob", "label"} arrays over the loader, in its order.
 
-    The logits are the network's own, or with ``calibrated`` the ones the model reports
-    (divided by its fitted temperature), so P(TB) is what `predict` would write.
+    The logits are the model's score logits (with ``tta``, of the probability averaged over
+    the test-time views), or with ``calibrated`` the ones it reports (divided by its fitted
+    temperature), so P(TB) is what `predict` would write.
     """
     model.eval()
     device = next(model.parameters()).device
+    temperature = getattr(model, "temperature", 1.0) if calibrated else 1.0
     ids: list[str] = []
     sources: list[str] = []
-    logits: list[np.ndarray] = []
+    logits: list[torch.Tensor] = []
     labels: list[np.ndarray] = []
     for batch in loader:
-        images = batch["image"].to(device)
-        if calibrated and hasattr(model, "calibrated_logits"):
-            z = _reported(model, images, tta)
-        elif tta:
-            z = prob_to_logit(tta_probs(model, images).double())
-        else:
-            z = model(images).double()
+        z = reported_logit(_score_logits(model, batch["image"].to(device), tta), temperature)
         n = z.numel()
         ids += [str(i) for i in batch["id"]]
         sources += [str(s) for s in batch.get("source", [""] * n)]
-        logits.append(z.cpu().numpy())
+        logits.append(z.cpu())
         label = batch.get("label")
         labels.append(np.full(n, np.nan) if label is None else label.double().cpu().numpy())
-    z = np.concatenate(logits) if logits else np.array([], dtype=np.float64)
+    z = torch.cat(logits) if logits else torch.zeros(0)
     return {
         "id": np.array(ids, dtype=str),
         "source": np.array(sources, dtype=str),
-        "logit": z,
-        "prob": 1.0 / (1.0 + np.exp(-z)),
+        "logit": z.numpy(),
+        "prob": reported_probability(z).numpy(),
         "label": np.concatenate(labels) if labels else np.array([], dtype=np.float64),
     }
 
 
-def _reported(model: nn.Module, images: torch.Tensor, tta: bool) -> torch.Tensor:
-    """The model's own reported logits (temperature, and TTA when asked), as `predict` does."""
-    was = getattr(model, "tta", False)
-    model.tta = tta
-    try:
-        return model.calibrated_logits(images).double()
-    finally:
-        model.tta = was
+def _score_logits(model: nn.Module, images: torch.Tensor, tta: bool) -> torch.Tensor:
+    """A tbclf classifier's score logits; a bare module's logits (for tests and benchmarks)."""
+    score = getattr(model, "score_logits", None)
+    if score is not None:
+        return score(images, tta)
+    return prob_to_logit(tta_probs(model, images)) if tta else model(images)
 
 
 def average_scores(scores: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -71,6 +66,5 @@ def average_scores(scores: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
     for other in scores[1:]:
         if not np.array_equal(other["id"], first["id"]):
             raise ValueError("the models scored different images (or in another order)")
-    prob = np.mean([s["prob"] for s in scores], axis=0)
-    clipped = np.clip(prob, 1e-7, 1 - 1e-7)
-    return {**first, "prob": prob, "logit": np.log(clipped / (1 - clipped))}
+    prob = torch.from_numpy(np.stack([s["prob"] for s in scores])).mean(0)
+    return {**first, "prob": prob.numpy(), "logit": prob_to_logit(prob).numpy()}

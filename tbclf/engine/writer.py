@@ -64,7 +64,8 @@ class PredictionWriter(BasePredictionWriter):
         record = None
         if pl_module is not None:  # called outside a predict loop: no model to describe
             ckpt = getattr(trainer, "ckpt_path", None)
-            record = model_record(pl_module, None if ckpt is None else str(Path(ckpt).resolve()))
+            ckpt = None if ckpt is None else str(Path(ckpt).resolve())
+            record = model_record(pl_module, ckpt, tta=bool(getattr(pl_module, "tta", False)))
         path = write_predictions(self.resolve_output(trainer), rows, record)
         self.written = path
         told = f" (threshold and model: {sidecar_path(path)})" if record else ""

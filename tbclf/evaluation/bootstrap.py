@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tbclf.evaluation.probability import decide
+
 # Replicates processed at once: bounds memory to about _CHUNK_ELEMENTS * 8 bytes per array.
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -63,7 +65,7 @@ def bootstrap_f1(
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1)
-    decisions = p >= threshold
+    decisions = decide(p, threshold).astype(bool)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(p.size, 1)))
     values = []

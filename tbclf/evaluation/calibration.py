@@ -2,7 +2,8 @@
 
 Temperature scaling divides the logits by one scalar T fitted on validation data by
 minimising the negative log-likelihood; it never changes the ranking (AUROC), only how far the
-probabilities can be trusted as probabilities.
+probabilities can be trusted as probabilities. The calibrated probability itself is
+:func:`tbclf.evaluation.probability.reported_probability`.
 """
 
 from __future__ import annotations
@@ -70,12 +71,6 @@ def fit_temperature(logits, labels) -> float:
 
     opt.step(closure)
     return float(np.clip(float(log_t.detach().exp()), MIN_T, MAX_T))
-
-
-def apply_temperature(logits, temperature: float) -> np.ndarray:
-    """Calibrated probabilities sigmoid(logits / T)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 def calibration_metrics(probs, labels, prefix: str = "") -> dict[str, float]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from tbclf.evaluation.bootstrap import bootstrap_f1
 from tbclf.evaluation.intervals import AUROC_METHOD, PROPORTION_METHOD, auroc_ci, proportion_ci
+from tbclf.evaluation.probability import decide
 from tbclf.evaluation.roc import auroc
 
 METRICS = ("auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
@@ -70,7 +71,7 @@ def f1_from_counts(tp: Any, fp: Any, fn: Any) -> np.ndarray:
 def confusion_counts(probs, labels, threshold: float) -> dict[str, int]:
     """tp/fp/tn/fn with the tbclf decision rule P(TB) >= threshold."""
     p, y = as_arrays(probs, labels)
-    pred = p >= threshold
+    pred = decide(p, threshold).astype(bool)
     return {
         "tp": int(np.sum(pred & (y == 1))),
         "fp": int(np.sum(pred & (y == 0))),

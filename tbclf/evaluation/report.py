@@ -25,6 +25,7 @@ from tbclf.evaluation.figures import (
     report_figures,
 )
 from tbclf.evaluation.metrics import METRIC_NAMES, METRICS, as_arrays, metrics_with_intervals
+from tbclf.evaluation.probability import decide
 from tbclf.evaluation.roc import average_precision
 from tbclf.evaluation.threshold import goal_text
 from tbclf.io import (
@@ -206,7 +207,7 @@ def _errors_list(
 ) -> dict[str, list[dict[str, Any]]]:
     """The most confident mistakes: false positives with the highest scores, false negatives
     with the lowest (the images a radiologist should look at first)."""
-    pred = p >= threshold
+    pred = decide(p, threshold).astype(bool)
     fp = np.flatnonzero(pred & (y == 0))
     fn = np.flatnonzero(~pred & (y == 1))
     fp = fp[np.argsort(-p[fp], kind="stable")][:k]
@@ -331,7 +332,7 @@ def write_report(
             + (["SOURCE"] if src else [])
             + (["VIEW"] if view else []),
             (
-                [ids[i], f"{p[i]:.6f}", int(p[i] >= threshold), int(y[i])]
+                [ids[i], f"{p[i]:.6f}", int(decide(p[i], threshold)), int(y[i])]
                 + ([src[i]] if src else [])
                 + ([view[i]] if view else [])
                 for i in range(p.size)
@@ -536,7 +537,7 @@ def _match_decisions(
     the other side of it; such a score is moved to the side its DECISION says. A DECISION that
     disagrees by more means the sidecar belongs to other predictions.
     """
-    wrong = (probs >= threshold) != (decisions == 1)
+    wrong = decide(probs, threshold) != (decisions == 1)
     far = wrong & (np.abs(probs - threshold) > tol)
     if far.any():
         raise DataError(

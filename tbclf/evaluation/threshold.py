@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tbclf.evaluation.probability import decide
 from tbclf.evaluation.roc import operating_points
 
 STRATEGIES = ("sensitivity", "youden")
@@ -92,7 +93,7 @@ def sensitivity_specificity(
 ) -> tuple[float, float]:
     """Sensitivity and specificity of ``prob >= threshold`` (NaN for an absent class)."""
     p, y = _clean(probs, labels)
-    decision = p >= threshold
+    decision = decide(p, threshold).astype(bool)
     sens = float(decision[y == 1].mean()) if np.any(y == 1) else float("nan")
     spec = float((~decision[y == 0]).mean()) if np.any(y == 0) else float("nan")
     return sens, spec

@@ -28,6 +28,7 @@ from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
+from tbclf.evaluation.probability import decide, reported_probability
 from tbclf.io import (
     check_can_write,
     image_row,
@@ -76,12 +77,15 @@ def compute_cams(
     images: torch.Tensor,
     target_layer: nn.Module | None = None,
     target_class: int = 1,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps (B, H, W) in [0, 1] at the input's size and P(TB) (B,) for a batch.
 
     images: (B, 1, H, W) float in [0, 1] (the data contract). target_class 1 explains evidence
     for TB; 0 explains evidence against it. The model runs in eval mode (and is put back in the
-    mode it was in), with gradients enabled even when called under torch.no_grad().
+    mode it was in), with gradients enabled even when called under torch.no_grad(). P(TB) is
+    the one the model reports everywhere else (its temperature; with ``tta``, averaged over
+    the test-time views, which takes a pass per view besides Grad-CAM's own).
     """
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must be (B, 1, H, W), got {tuple(images.shape)}")
@@ -101,12 +105,23 @@ def compute_cams(
     finally:
         cam.activations_and_grads.release()
         model.train(was_training)
-    # P(TB) as the model reports it everywhere else: its fitted temperature included.
-    temperature = getattr(model, "temperature", None)
+    return np.asarray(maps, dtype=np.float32), reported_probs(model, x.detach(), logits, tta)
+
+
+def reported_probs(
+    model: nn.Module, images: torch.Tensor, logits: torch.Tensor | None, tta: bool = False
+) -> np.ndarray:
+    """(B,) P(TB) as the model reports it: from the given logits of an explainer's own forward
+    pass (its temperature applied), or a pass of its own when there are none or with ``tta``.
+    A bare module (no ``score_logits``) is reported with temperature 1."""
+    if tta or logits is None:
+        score = getattr(model, "score_logits", None)
+        with torch.no_grad():
+            logits = score(images, tta) if score is not None else model(images)
+    temperature = getattr(model, "temperature", 1.0)
     if isinstance(temperature, torch.Tensor):
-        logits = logits.float() / temperature.to(logits.device)
-    probs = torch.sigmoid(logits.float()).cpu().numpy()
-    return np.asarray(maps, dtype=np.float32), probs
+        temperature = temperature.detach().cpu()
+    return reported_probability(logits.detach().cpu(), temperature).numpy()
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -118,7 +133,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
 
 
 def _decision_text(prob: float, threshold: float, label: int | None) -> str:
-    decision = "TB" if prob >= threshold else "healthy"
+    decision = "TB" if decide(prob, threshold) else "healthy"
     text = f"P(TB) = {prob:.2f} → {decision} (threshold {threshold:.2f})"
     if label is not None:
         text += f"; truth: {CLASS_NAMES.get(label, label)}"
@@ -178,6 +193,7 @@ def explain_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     progress: bool = True,
+    tta: bool = False,
 ) -> list[dict[str, Any]]:
     """One PNG per image: the X-ray as the model sees it next to its Grad-CAM overlay, titled
     with P(TB) and the decision; plus explanations.csv listing them.
@@ -192,6 +208,7 @@ def explain_images(
         batch_size: Images per Grad-CAM pass.
         max_images: Stop after this many images.
         overwrite: Replace explanations.csv / PNGs of an earlier run.
+        tta: Report P(TB) averaged over the test-time views (as `predict --tta true`).
     Returns one dict per image: id, prob, decision, label, source, file.
     """
     out = check_can_write(out_dir, ["explanations.csv"], overwrite)
@@ -209,7 +226,7 @@ def explain_images(
                 if left <= 0:
                     break
                 images = images[:left]
-            cams, probs = compute_cams(model, images, layer)
+            cams, probs = compute_cams(model, images, layer, tta=tta)
             labels = batch.get("label")
             for i in range(images.shape[0]):
                 ident = str(batch["id"][i]) if "id" in batch else f"image_{len(results)}"
@@ -225,7 +242,7 @@ def explain_images(
                     {
                         "id": ident,
                         "prob": float(probs[i]),
-                        "decision": int(probs[i] >= thr),
+                        "decision": int(decide(probs[i], thr)),
                         "label": lab,
                         "source": str(batch["source"][i]) if "source" in batch else "",
                         "file": name,
@@ -286,7 +303,7 @@ def select_cases(
     and false negatives (lowest), at most n_per_group each."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    pred = p >= threshold
+    pred = decide(p, threshold).astype(bool)
     groups = {
         "true_positive": np.flatnonzero(pred & (y == 1)),
         "false_positive": np.flatnonzero(pred & (y == 0)),

@@ -30,8 +30,9 @@ from tbclf.data.imageio import DEFAULT_MAX_PIXELS, SquareGeometry
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError
+from tbclf.evaluation.probability import decide, reported_probability
 from tbclf.explain.boxes import Box, BoxSet, box_mask
-from tbclf.explain.gradcam import find_target_layer, model_threshold, spec_of
+from tbclf.explain.gradcam import find_target_layer, model_threshold, reported_probs, spec_of
 
 METHODS: dict[str, type] = {
     "gradcam": GradCAM,
@@ -50,10 +51,11 @@ EMPTY_MAP = 1e-6
 
 
 class ProbabilityTarget:
-    """P(TB) from the model's single logit: ROAD watches the probability change."""
+    """The network's own P(TB) (before any temperature, which would only rescale the
+    differences): ROAD watches how it changes as pixels are imputed."""
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(output)
+        return reported_probability(output)
 
 
 # --------------------------------------------------------------------------- maps
@@ -271,8 +273,10 @@ def run_saliency(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    tta: bool = False,
 ) -> SaliencyRun:
-    """Maps of every method and baseline for every image, scored against its boxes."""
+    """Maps of every method and baseline for every image, scored against its boxes; P(TB) as
+    the model reports it (its temperature; averaged over the test-time views with ``tta``)."""
     methods = check_methods(methods)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -294,7 +298,7 @@ def run_saliency(
     with torch.no_grad():
         for chunk in _batches(n, 16):
             x = torch.stack([items[i].image for i in chunk])
-            probs = torch.sigmoid(model(x).float().reshape(-1)).cpu().numpy()
+            probs = reported_probs(model, x, None, tta)
             for i, p in zip(chunk, probs, strict=True):
                 items[i].prob = float(p)
 
@@ -384,7 +388,7 @@ def run_saliency(
                     "road": road_of.get((i, name), float("nan")),
                     "empty_map": scored["empty"],
                     "prob": it.prob,
-                    "decision": int(it.prob >= threshold),
+                    "decision": int(decide(it.prob, threshold)),
                     "n_boxes": len(it.boxes),
                     "width": it.geometry.width,
                     "height": it.geometry.height,
@@ -398,6 +402,7 @@ def run_saliency(
         "road_max_images": road_max_images,
         "road_percentiles": list(road_percentiles),
         "seed": seed,
+        "tta": bool(tta),
         "input_spec": spec.to_dict(),
         "target_layer": type(layer).__name__,
     }

@@ -9,7 +9,8 @@ checkpoint that ModelCheckpoint keeps for the best ``val/auroc`` carries the thr
 that same epoch; test metrics and predictions use it unchanged. With ``calibrate`` a
 temperature is fitted on the same validation logits (``temperature`` buffer, 1 = none) and every
 probability the model reports is ``sigmoid(logit / temperature)``; the threshold is picked on
-those calibrated probabilities, so decisions are unchanged by it.
+those calibrated probabilities, so decisions are unchanged by it. P(TB) and the decision go
+through :mod:`tbclf.evaluation.probability`, as in every other consumer.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
 from tbclf.evaluation.metrics import point_metrics
+from tbclf.evaluation.probability import DTYPE, decide, reported_logit, reported_probability
 from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
 from tbclf.models.tta import prob_to_logit, tta_probs
 
@@ -107,8 +109,9 @@ class TBClassifier(pl.LightningModule):
         self.pos_weight = None if pos_weight in (None, "auto") else float(pos_weight)
         self.label_smoothing = float(label_smoothing)
         self.calibrate = bool(calibrate)
-        # Test-time augmentation for test/predict (`tbclf test --tta true`): a run-time
-        # choice, not a hyperparameter, so a checkpoint scores either way.
+        # Test-time augmentation of the Trainer's validate/test/predict steps (`--tta true`),
+        # set by the CLI only: a run-time choice, not a hyperparameter. Library calls pass
+        # `tta` explicitly (score_logits, predict_proba).
         self.tta = False
         # Where the threshold came from when it was re-picked after training (`tbclf
         # rethreshold`); None: chosen on this run's validation split.
@@ -183,22 +186,21 @@ class TBClassifier(pl.LightningModule):
         """(B, 1, H, W) images in [0, 1] -> (B,) logits."""
         return self.net(self.input_adapter(images))[:, 0]
 
-    def _scores(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,) float32 logits before the temperature: of the TTA-averaged probability when
-        ``self.tta`` is on."""
-        if self.tta:
-            return prob_to_logit(tta_probs(self, images).float())
-        return self(images).float()
+    def score_logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """(B,) float32 score logits before the temperature: the network's, or with ``tta``
+        the logit of the probability averaged over the test-time views."""
+        if tta:
+            return prob_to_logit(tta_probs(self, images).to(DTYPE))
+        return self(images).to(DTYPE)
 
-    def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,) the logits the model reports: P(TB) = sigmoid(these). Every consumer (predict,
-        export, the predictor, the web service) uses this, so all of them agree."""
-        return self._scores(images) / self.temperature
+    def calibrated_logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """(B,) the logits the model reports (P(TB) = sigmoid(these)): what export traces."""
+        return reported_logit(self.score_logits(images, tta), self.temperature)
 
     @torch.no_grad()
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_proba(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """(B,) P(TB) for prepared (B, 1, S, S) images, exactly as `predict` reports it."""
-        return torch.sigmoid(self.calibrated_logits(images))
+        return reported_probability(self.score_logits(images, tta), self.temperature)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from tbclf.models.loading import fill_missing_buffers, threshold_source
@@ -291,7 +293,7 @@ class TBClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        logits = self._scores(batch["image"])
+        logits = self.score_logits(batch["image"], self.tta)
         labels = batch["label"].float().to(logits.device)
         labeled = ~torch.isnan(labels)
         if labeled.any():
@@ -322,7 +324,7 @@ class TBClassifier(pl.LightningModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Any]:
         """Per image: id, source, TB probability, decision (prob >= threshold) and label."""
-        probs = self.predict_proba(batch["image"]).cpu()
+        probs = self.predict_proba(batch["image"], self.tta).cpu()
         n = probs.numel()
         label = batch.get("label")
         return {
@@ -330,7 +332,7 @@ class TBClassifier(pl.LightningModule):
             "source": [str(s) for s in batch.get("source", [""] * n)],
             "view": [str(v) for v in batch.get("view", [""] * n)],
             "prob": probs,
-            "decision": (probs >= self.threshold.cpu()).to(torch.int64),
+            "decision": torch.from_numpy(decide(probs, self.threshold)),
             "label": torch.full((n,), float("nan")) if label is None else label.float().cpu(),
         }
 
@@ -397,9 +399,8 @@ class TBClassifier(pl.LightningModule):
             temperature = fit_temperature(outputs["logit"][labeled], outputs["label"][labeled])
             self.temperature.fill_(temperature)
             self.log("val/temperature", float(self.temperature), sync_dist=True)
-        # The probabilities every later step reports: float32, as predict_step computes them.
-        logits = torch.from_numpy(outputs["logit"]) / self.temperature.cpu()
-        outputs["prob"] = torch.sigmoid(logits).numpy()
+        # The probabilities every later step reports, as predict_step computes them.
+        outputs["prob"] = reported_probability(outputs["logit"], self.temperature.cpu()).numpy()
         setattr(self, f"{stage}_outputs", outputs)
         probs, labels = outputs["prob"][labeled], outputs["label"][labeled]
         if stage == "val":

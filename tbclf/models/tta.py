@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tbclf.evaluation.probability import reported_probability
+
 # (scale, shift_x, shift_y) in affine_grid units: scale < 1 zooms in; shifts are fractions of
 # the half-width (0.06 = 3% of the image side).
 DEFAULT_VIEWS: tuple[tuple[float, float, float], ...] = (
@@ -46,10 +48,11 @@ def tta_probs(
     images: torch.Tensor,
     views: tuple[tuple[float, float, float], ...] = DEFAULT_VIEWS,
 ) -> torch.Tensor:
-    """(B,) TB probability averaged over the views (the model returns (B,) logits)."""
+    """(B,) TB probability (before any temperature) averaged over the views; the model
+    returns (B,) logits."""
     if not views:
         raise ValueError("tta_probs needs at least one view")
-    probs = [torch.sigmoid(model(view(images, *v)).float()) for v in views]
+    probs = [reported_probability(model(view(images, *v))) for v in views]
     return torch.stack(probs).mean(0)
 
 
