@@ -25,6 +25,14 @@ from tbclf.commands import COMMANDS, run_command
 from tbclf.data.datamodule import TBDataModule
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
+from tbclf.engine.lifecycle import (
+    RunLifecycle,
+    check_resume,
+    describe_stop,
+    find_resumable,
+    recorded_config,
+    resume_command,
+)
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rng_state import RNGStateCallback
 from tbclf.engine.rundir import discard_failed, find_checkpoint, run_dir_of, stage_version
@@ -107,6 +115,13 @@ class TBCLI(LightningCLI):
             help="test-time augmentation: average P(TB) over a fixed set of slight zooms and "
             "shifts (validate/test/predict; with fit, also the validation epochs)",
         )
+        parser.add_argument(
+            "--extend",
+            type=bool,
+            default=False,
+            help="fit: train a finished run (--ckpt_path) further, to a larger "
+            "--trainer.max_epochs; the learning-rate schedule is rebuilt for the new length",
+        )
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -117,6 +132,8 @@ class TBCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = sys.argv[1:] if args is None else args
+        self._explicit = explicit_options(argv) if isinstance(argv, list) else set()
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if not subcommand:
@@ -125,8 +142,12 @@ class TBCLI(LightningCLI):
         ckpt = cfg.get("ckpt_path")
         if ckpt in ("best", "last"):
             save_dir, name = _logger_location(cfg)
-            cfg.ckpt_path = str(find_checkpoint(save_dir, name, ckpt))
+            if subcommand == "fit" and ckpt == "last" and not cfg.get("extend"):
+                cfg.ckpt_path = str(find_resumable(save_dir, name))
+            else:
+                cfg.ckpt_path = str(find_checkpoint(save_dir, name, ckpt))
             ckpt = cfg.ckpt_path
+            print(f"--ckpt_path {ckpt} ({subcommand})", file=sys.stderr)
         if ckpt:
             if not Path(ckpt).is_file():
                 raise ConfigError(f"--ckpt_path {ckpt}: no such file.")
@@ -185,11 +206,60 @@ class TBCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "fit"):  # fit: a resumed run
             _use_run_split(data, user, ckpt)
 
+    def _recorded_options(self, ckpt: str) -> None:
+        """What the checkpoint's run recorded (data.root and the rest) for the options the
+        command line does not set; a command-line option that differs wins, with a warning."""
+        run_dir = run_dir_of(ckpt)
+        if run_dir is None:
+            return
+        source, recorded = recorded_config(run_dir)
+        if source is None:
+            return
+        cfg = self.config[self.subcommand]
+        sections = None if self.subcommand == "fit" else ("data",)
+        taken = []
+        for key, value in _flatten(recorded):
+            if key.split(".")[0] in RUN_ONLY or key in RUN_ONLY:
+                continue
+            if sections is not None and key.split(".")[0] not in sections:
+                continue
+            if key.startswith("data.predict") or key not in cfg:
+                continue
+            if key in self._explicit:
+                if cfg[key] != value and key.split(".")[-1] not in PIXEL_FIELDS:
+                    warnings.warn(
+                        f"{key}={cfg[key]!r} differs from {value!r} recorded in {source}; "
+                        f"using {cfg[key]!r}.",
+                        stacklevel=2,
+                    )
+                continue
+            if cfg[key] != value:
+                cfg[key] = value
+                taken.append(f"{key}={value}")
+        if taken:
+            print(f"from {source}: {', '.join(taken)}", file=sys.stderr)
+        root = cfg.get("data.root") if "data" in cfg and cfg.get("data") else None
+        recorded_root = (recorded.get("data") or {}).get("root")
+        if (
+            self.subcommand != "predict"
+            and root is not None
+            and not Path(str(root)).exists()
+            and recorded_root is not None
+        ):
+            given = "" if str(root) == str(recorded_root) else f"data.root {root} and "
+            raise ConfigError(
+                f"{given}the data root {recorded_root} that {source} records do not exist here. "
+                "Pass --data.root with the folder that holds the run's images."
+            )
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         ckpt = cfg.get("ckpt_path")
         if ckpt:
+            self._recorded_options(ckpt)
             self._data_from_checkpoint(ckpt)
+            if self.subcommand == "fit" and run_dir_of(ckpt) is not None:
+                check_resume(Path(ckpt), bool(cfg.get("extend")), cfg.trainer.get("max_epochs"))
         model_args = cfg.model.get("init_args") if cfg.get("model") else None
         if model_args is not None and cfg.get("data"):
             if "image_size" in model_args:
@@ -229,6 +299,10 @@ class TBCLI(LightningCLI):
         return trainer
 
     def after_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, RunLifecycle):
+                    callback.extend = bool(self.config.fit.get("extend"))
         writer = self._get(self.config_init, "writer")
         if self._predict_dir is not None and isinstance(writer, PredictionWriter):
             writer.default_dir = self._predict_dir
@@ -236,6 +310,29 @@ class TBCLI(LightningCLI):
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt:
             check_state_dict_fits(self.model, read_checkpoint(ckpt), ckpt)
+
+
+# Recorded options a later command never takes from the run: where it logs, what it resumes.
+RUN_ONLY = ("config", "ckpt_path", "extend", "model", "trainer.logger", "trainer.callbacks")
+
+
+def explicit_options(argv: list[str]) -> set[str]:
+    """The dotted option names given on the command line (`--data.root X`, `--a.b=c`)."""
+    return {
+        a[2:].split("=", 1)[0] for a in argv if isinstance(a, str) and a.startswith("--") and a[2:]
+    }
+
+
+def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for the leaves of a recorded config; class_path blocks stay whole."""
+    out: list[tuple[str, Any]] = []
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and "class_path" not in value:
+            out += _flatten(value, f"{name}.")
+        elif not isinstance(value, dict):
+            out.append((name, value))
+    return out
 
 
 def last_checkpoint() -> ModelCheckpoint:
@@ -396,13 +493,14 @@ def cli_main(args: list[str] | None = None) -> None:
                     ReportCallback(),
                     LearningRateMonitor(logging_interval="epoch"),
                     RNGStateCallback(),
+                    RunLifecycle(),
                 ]
             },
             parser_kwargs={"prog": PROG, "description": usage(), "env_prefix": "TBCLF"},
             args=None if args is None else argv,
         )
     except Exception as error:
-        discard_failed(error)
+        report_stop(error, argv)
         cause = tbclf_cause(error)
         if cause is not None:
             print(f"error: {cause}", file=sys.stderr)
@@ -417,5 +515,34 @@ def cli_main(args: list[str] | None = None) -> None:
         raise
     except BaseException as error:  # SystemExit from a refused argument, KeyboardInterrupt
         if not (isinstance(error, SystemExit) and error.code in (0, None)):
-            discard_failed(error)
+            report_stop(error, argv)
         raise
+
+
+def report_stop(error: BaseException, argv: list[str]) -> None:
+    """Clean up or mark the folders a stopped command claimed, and tell the user; a stopped
+    fit's failed.txt and message give the command that resumes it."""
+    fit = bool(argv) and argv[0] == "fit"
+    what = describe_stop(error) if fit else f"{type(error).__name__}: {error}"
+
+    def resume(folder: Path) -> str:
+        last = folder / "checkpoints" / "last.ckpt"
+        if not fit or not last.is_file():
+            return ""
+        return f"resume with: {resume_command(argv, last)}"
+
+    for folder, removed in discard_failed(what, resume):
+        if not fit:
+            continue
+        if removed:
+            print(
+                f"{what}. Removed {folder}: it stopped before its first checkpoint. "
+                f"Start again with:\n  {resume_command(argv, None)}",
+                file=sys.stderr,
+            )
+        elif resume(folder):
+            print(
+                f"{what}. {folder} is kept (see its failed.txt). Resume it with:\n"
+                f"  {resume_command(argv, folder / 'checkpoints' / 'last.ckpt')}",
+                file=sys.stderr,
+            )

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -27,6 +28,8 @@ _BOOKKEEPING = re.compile(
 )
 # Folders claimed by this process (a new run or a later stage's folder), for discard_failed().
 CLAIMED: list[Path] = []
+# Existing run folders a resumed fit writes to: marked on failure, never removed.
+RESUMED: list[Path] = []
 
 
 def existing_versions(save_dir: str | os.PathLike, name: str) -> list[int]:
@@ -87,21 +90,31 @@ def stage_version(run_dir: Path, stage: str) -> str:
     raise ConfigError(f"cannot claim a {stage} folder in {run_dir}")
 
 
-def discard_failed(error: BaseException | str) -> None:
+def discard_failed(
+    error: BaseException | str, note: Callable[[Path], str] | None = None
+) -> list[tuple[Path, bool]]:
     """After a failed command: remove the folders it claimed that hold nothing but bookkeeping
-    files, and mark the others (a run that wrote checkpoints) with failed.txt."""
-    while CLAIMED:
-        folder = CLAIMED.pop()
+    files, and mark the others (a run that wrote checkpoints, a resumed run) with failed.txt
+    (the error, then ``note(folder)``). Returns (folder, removed) for each folder it dealt with."""
+    dealt: list[tuple[Path, bool]] = []
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    while CLAIMED or RESUMED:
+        claimed = bool(CLAIMED)
+        folder = CLAIMED.pop() if claimed else RESUMED.pop()
         if not folder.is_dir():
             continue
         made = [p for p in folder.rglob("*") if p.is_file() and not _BOOKKEEPING.match(p.name)]
-        if not made:
+        if claimed and not made:
             shutil.rmtree(folder, ignore_errors=True)
+            dealt.append((folder, True))
             continue
+        extra = note(folder) if note is not None else ""
         try:
-            atomic_write_text(folder / "failed.txt", f"{type(error).__name__}: {error}\n")
+            atomic_write_text(folder / "failed.txt", f"{text}\n{extra}".rstrip() + "\n")
         except OSError:
             pass  # a full disk: the error being reported already says so
+        dealt.append((folder, False))
+    return dealt
 
 
 def find_checkpoint(save_dir: str | os.PathLike, name: str, which: str) -> Path:
