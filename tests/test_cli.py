@@ -127,7 +127,9 @@ def test_resume_from_last(workspace: Path, tmp_path: Path) -> None:
     data = workspace / "data"
     base = ["fit", "--config", str(CONFIGS / "simple_cnn.yaml")]
     _ok(run_cli([*base, *small_run_args(data, epochs=1)], cwd=tmp_path))
-    _ok(run_cli([*base, *small_run_args(data, epochs=3), "--ckpt_path", "last"], cwd=tmp_path))
+    # The 1-epoch run finished: training it further is the explicit --extend.
+    extend = ["--ckpt_path", "runs/simple_cnn/version_0/checkpoints/last.ckpt", "--extend", "true"]
+    _ok(run_cli([*base, *small_run_args(data, epochs=3), *extend], cwd=tmp_path))
     run = tmp_path / "runs" / "simple_cnn"
     assert sorted(p.name for p in run.iterdir()) == ["version_0"], "resume must reuse the run"
     last = torch.load(
