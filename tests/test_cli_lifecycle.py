@@ -150,9 +150,7 @@ def test_a_finished_run_trains_further_only_with_extend(ws: Path, tmp_path: Path
     run_dir = runs / "version_0"
     shutil.copytree(source, run_dir)
     last = ["--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
-    refused = run_cli(
-        ["fit", "--config", CONFIG, *last, "--trainer.max_epochs", "5"], cwd=tmp_path
-    )
+    refused = run_cli(["fit", "--config", CONFIG, *last, "--trainer.max_epochs", "5"], cwd=tmp_path)
     assert refused.returncode == 2
     assert "is finished (3 epochs)" in refused.stderr and "--extend true" in refused.stderr
     extended = run_cli(
