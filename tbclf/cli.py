@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from pytorch_lightning import Trainer
@@ -26,6 +27,7 @@ from tbclf.data.datamodule import TBDataModule
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.lifecycle import (
+    STOPPED,
     RunLifecycle,
     check_resume,
     describe_stop,
@@ -33,6 +35,7 @@ from tbclf.engine.lifecycle import (
     recorded_config,
     resume_command,
 )
+from tbclf.engine.quiet import quiet_lightning
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rng_state import RNGStateCallback
 from tbclf.engine.rundir import discard_failed, find_checkpoint, run_dir_of, stage_version
@@ -82,6 +85,47 @@ def usage() -> str:
         "--config FILE (configs/*.yaml) and any --trainer.*, --model.*, --data.* option.",
     ]
     return "\n".join(lines)
+
+
+class TBArgumentParser(LightningArgumentParser):
+    """Argument errors first and short: the error, the closest valid option names, where the
+    full list is; no page of usage before them."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        parser = getattr(ex, "subcommand_parser", None) or self
+        if not parser.exit_on_error:
+            super().error(message, ex)
+        print(f"error: {message.strip()}", file=sys.stderr)
+        hints = suggest_options(message, option_names(parser))
+        if hints:
+            print(f"did you mean: {', '.join(hints)}?", file=sys.stderr)
+        prog = parser.prog.replace(" [options]", "")
+        print(f"`{prog} --help` lists the options.", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def option_names(parser: Any) -> list[str]:
+    """Every --option a parser knows, its subcommands' included."""
+    names: list[str] = []
+    for action in getattr(parser, "_actions", []):
+        names += [o for o in action.option_strings if o.startswith("--")]
+        for sub in (getattr(action, "_name_parser_map", None) or {}).values():
+            names += option_names(sub)
+    return names
+
+
+def suggest_options(message: str, known: list[str]) -> list[str]:
+    """The known options closest to each --option a message names that is not known."""
+    import difflib
+
+    hints: list[str] = []
+    for token in re.findall(r"--[\w.\-]+", message):
+        if token in known:
+            continue
+        for match in difflib.get_close_matches(token, known, n=3, cutoff=0.6):
+            if match not in hints:
+                hints.append(match)
+    return hints[:3]
 
 
 class TBCLI(LightningCLI):
@@ -477,15 +521,17 @@ def cli_main(args: list[str] | None = None) -> None:
         if argv[0] == "predict" and _onnx_model(argv):
             run_command("predict_onnx", argv[1:])
             return
+        quiet_lightning()
         argv = _model_from_checkpoint(argv)
         if args is None:
             # LightningCLI (and DDP's re-launch of this command) read sys.argv themselves.
             sys.argv[1:] = argv
-        TBCLI(
+        cli = TBCLI(
             model_class=TBClassifier,
             datamodule_class=TBDataModule,
             subclass_mode_model=True,
             save_config_callback=SaveConfigCallback,
+            parser_class=TBArgumentParser,
             seed_everything_default=42,
             trainer_defaults={
                 "callbacks": [
@@ -499,6 +545,9 @@ def cli_main(args: list[str] | None = None) -> None:
             parser_kwargs={"prog": PROG, "description": usage(), "env_prefix": "TBCLF"},
             args=None if args is None else argv,
         )
+        line = stage_summary(cli)
+        if line:
+            print(line)
     except Exception as error:
         report_stop(error, argv)
         cause = tbclf_cause(error)
@@ -519,6 +568,24 @@ def cli_main(args: list[str] | None = None) -> None:
         raise
 
 
+def stage_summary(cli: LightningCLI) -> str | None:
+    """The line a stage ends with: its run folder and its main outputs."""
+    trainer, stage = getattr(cli, "trainer", None), cli.subcommand
+    if trainer is None or stage is None or not trainer.is_global_zero or not trainer.log_dir:
+        return None
+    folder = Path(trainer.log_dir)
+    outputs: list[Path] = []
+    if stage == "fit":
+        outputs = [p for p in (folder / "checkpoints" / f"{n}.ckpt" for n in ("best", "last"))]
+    for callback in trainer.callbacks:
+        if stage == "test" and isinstance(callback, ReportCallback) and callback.report_dir:
+            outputs.append(callback.report_dir / "report.md")
+        if stage == "predict" and isinstance(callback, PredictionWriter) and callback.written:
+            outputs.append(callback.written)
+    listed = ", ".join(str(p) for p in outputs if p.exists())
+    return f"{stage} done: run folder {folder}" + (f"; outputs: {listed}" if listed else "")
+
+
 def report_stop(error: BaseException, argv: list[str]) -> None:
     """Clean up or mark the folders a stopped command claimed, and tell the user; a stopped
     fit's failed.txt and message give the command that resumes it."""
@@ -531,9 +598,12 @@ def report_stop(error: BaseException, argv: list[str]) -> None:
             return ""
         return f"resume with: {resume_command(argv, last)}"
 
+    interrupted = isinstance(error, KeyboardInterrupt) or isinstance(
+        STOPPED.get("exception"), KeyboardInterrupt
+    )
     for folder, removed in discard_failed(what, resume):
-        if not fit:
-            continue
+        if not fit or not (interrupted or "epoch" in STOPPED):
+            continue  # refused before training: the error says why
         if removed:
             print(
                 f"{what}. Removed {folder}: it stopped before its first checkpoint. "
