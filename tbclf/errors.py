@@ -25,3 +25,15 @@ class TooManyPixels(DataError):
                 f"data.max_pixels={max_pixels} (a guard against decompression bombs). Raise "
                 "data.max_pixels if the image is genuine, or remove the file."
             )
+
+
+def tbclf_cause(error: BaseException) -> TbclfError | None:
+    """The TbclfError behind an exception that a library wrapped around it, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TbclfError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -246,10 +246,10 @@ def _checkpoint_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cli_main builds the trainer exactly as for a real run, and the fit itself is skipped."""
     from cli_helpers import CONFIGS
 
-    from tbclf import cli
+    from tbclf import cli, lightning_cli
 
     built = []
-    monkeypatch.setattr(cli.TBCLI, "_run_subcommand", lambda self, _: built.append(self))
+    monkeypatch.setattr(lightning_cli.TBCLI, "_run_subcommand", lambda self, _: built.append(self))
     tmp_path.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PL_GLOBAL_SEED", "42")  # seed_everything sets it; undone after the test

@@ -14,7 +14,7 @@ LAYERS = [
     {"tbclf.models"},
     {"tbclf.engine"},
     {"tbclf.eda", "tbclf.explain", "tbclf.export", "tbclf.inference", "tbclf.serve"},
-    {"tbclf.cli", "tbclf.commands", "tbclf.__main__"},
+    {"tbclf.cli", "tbclf.lightning_cli", "tbclf.commands", "tbclf.__main__"},
 ]
 
 

@@ -83,7 +83,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists(), "loading a checkpoint must never run its code"
 
 
-@pytest.mark.parametrize("class_path", ["os.system", "torch.nn.Linear", "tbclf.cli.TBCLI"])
+@pytest.mark.parametrize(
+    "class_path", ["os.system", "torch.nn.Linear", "tbclf.lightning_cli.TBCLI"]
+)
 def test_only_tbclf_classifiers_are_built(tmp_path: Path, class_path: str) -> None:
     model = _small()
     path = tmp_path / "other.ckpt"
