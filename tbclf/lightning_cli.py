@@ -330,7 +330,15 @@ class TBCLI(LightningCLI):
 
 
 # Recorded options a later command never takes from the run: where it logs, what it resumes.
-RUN_ONLY = ("config", "ckpt_path", "extend", "model", "trainer.logger", "trainer.callbacks")
+RUN_ONLY = (
+    "config",
+    "ckpt_path",
+    "extend",
+    "model",
+    "trainer.logger",
+    "trainer.callbacks",
+    "data.split_file",  # the run's split.json is chosen from the checkpoint (_use_run_split)
+)
 
 
 def explicit_options(argv: list[str]) -> set[str]:

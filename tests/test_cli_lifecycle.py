@@ -172,6 +172,7 @@ def test_test_and_predict_from_a_checkpoint_need_no_data_root(ws: Path, tmp_path
     best = str(run_dir / "checkpoints" / "best.ckpt")
     tested = run_cli(["test", "--ckpt_path", best], cwd=ws)
     _ok(tested)
+    assert tested.stdout.strip().splitlines()[-1].startswith(f"test done: run folder {run_dir}/")
     stage = sorted(run_dir.glob("test-*"), key=lambda p: p.stat().st_mtime_ns)[-1]
     assert (stage / "report" / "metrics.json").is_file()
     out = tmp_path / "p.csv"
@@ -182,6 +183,27 @@ def test_test_and_predict_from_a_checkpoint_need_no_data_root(ws: Path, tmp_path
     )  # fmt: skip
     _ok(predicted)
     assert len(out.read_text().splitlines()) == 1 + 24
+    assert (
+        predicted.stdout.strip().splitlines()[-1].startswith(f"predict done: run folder {run_dir}")
+    )
+    assert str(out) in predicted.stdout.strip().splitlines()[-1]
+    # A predict refused (its output exists) leaves no stage folder behind.
+    stages = sorted(run_dir.glob("predict-*"))
+    refused = run_cli(
+        ["predict", "--ckpt_path", best, "--data.predict_root", str(ws / "data" / "sa"),
+         "--writer.output", str(out)],
+        cwd=ws,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "overwrite" in refused.stderr
+    assert sorted(run_dir.glob("predict-*")) == stages
+    # `report` on the CSV that `test` wrote uses the run's threshold, not an inferred one.
+    csv = stage / "report" / "predictions.csv"
+    reported = run_cli(["report", "--predictions", str(csv), "--out", str(tmp_path / "r")], cwd=ws)
+    _ok(reported)
+    tested_metrics = json.loads((stage / "report" / "metrics.json").read_text())
+    again = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert again["threshold"] == tested_metrics["threshold"]
+    assert "inferred" not in json.dumps(again.get("threshold_info"))
 
     # An explicit root that differs wins, with a warning; a root that is gone is named.
     copy = tmp_path / "moved"

@@ -222,7 +222,7 @@ def _assert_unreadable(path: Path) -> None:
     with pytest.raises(DataError) as err:
         read_gray(path)
     msg = str(err.value)
-    assert str(path) in msg and "unreadable" in msg and "data.skip_bad_images=true" in msg
+    assert str(path) in msg and "unreadable" in msg and "--data.skip_bad_images true" in msg
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:

@@ -156,7 +156,8 @@ def _error(response, status: int, code: str) -> str:
 
 def test_not_an_image_is_415(onnx_client):
     files = {"file": ("notes.txt", b"hello, not an X-ray", "text/plain")}
-    assert "not an image" in _error(onnx_client.post("/predict", files=files), 415, "not_an_image")
+    message = _error(onnx_client.post("/predict", files=files), 415, "not_an_image")
+    assert "not an image" in message and "TIFF, BMP, WebP or DICOM" in message
     raw = onnx_client.post("/predict", content=b"{}", headers={"content-type": "application/json"})
     assert "multipart/form-data" in _error(raw, 415, "unsupported_media_type")
 

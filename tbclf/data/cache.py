@@ -206,10 +206,10 @@ class DecodeCache:
         if not skip_bad_images:
             raise DataError(
                 f"{len(bad)} image(s) cannot be used:\n{listing}{more}\nRemove or replace them, "
-                "or set data.skip_bad_images=true to train without them."
+                "or pass --data.skip_bad_images true to go on without them."
             )
         warnings.warn(
-            f"Skipping {len(bad)} unreadable image(s) (data.skip_bad_images=true):\n"
+            f"Skipping {len(bad)} unreadable image(s) (--data.skip_bad_images true):\n"
             f"{listing}{more}",
             stacklevel=2,
         )

@@ -66,8 +66,8 @@ class DicomInfo:
 
 def _bad(path: Path, why: str) -> DataError:
     return DataError(
-        f"DICOM file {path} cannot be used ({why}). Remove it from the data folder, or set "
-        "data.skip_bad_images=true to skip unreadable images."
+        f"DICOM file {path} cannot be used ({why}). Remove it from the data folder, or pass "
+        "--data.skip_bad_images true to skip unreadable images."
     )
 
 
@@ -204,7 +204,7 @@ def _check_decoder(syntax: str, path: Path) -> None:
     raise DataError(
         f"DICOM file {path} uses transfer syntax {_syntax_name(syntax)}, which no installed "
         f"decoder reads. Add one with `{_pip_hint(syntax)}`, or convert the file to an "
-        "uncompressed transfer syntax (e.g. `gdcmconv --raw`); data.skip_bad_images=true skips "
+        "uncompressed transfer syntax (e.g. `gdcmconv --raw`); --data.skip_bad_images true skips "
         "such files."
     )
 

@@ -36,8 +36,8 @@ _BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 def _unreadable(path: Path, why: str) -> DataError:
     return DataError(
-        f"Image {path} is unreadable ({why}). Remove or replace the file, or set "
-        "data.skip_bad_images=true to skip unreadable images."
+        f"Image {path} is unreadable ({why}). Remove or replace the file, or pass "
+        "--data.skip_bad_images true to skip unreadable images."
     )
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from tbclf.engine.provenance import module_threshold, threshold_info_of
+from tbclf.engine.provenance import model_record, module_threshold, threshold_info_of
 from tbclf.engine.rundir import run_dir_of
 from tbclf.evaluation.probability import reported_probability
-from tbclf.evaluation.report import write_report
+from tbclf.evaluation.report import sidecar_path, write_report
+from tbclf.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,14 @@ class ReportCallback(Callback):
             overwrite=True,
             on_figure=on_figure,
         )
+        if self.last_report.get("predictions_csv"):
+            # The run's threshold beside the CSV, as `predict` records it: `tbclf report` on
+            # this CSV then uses it instead of inferring one from the DECISION column.
+            csv = out / self.last_report["predictions_csv"]
+            record = model_record(pl_module, trainer.ckpt_path)
+            atomic_write_json(
+                sidecar_path(csv), {"predictions_csv": csv.name, "n": int(keep.sum()), **record}
+            )
         for exp in experiments:
             if hasattr(exp, "flush"):
                 exp.flush()

@@ -23,13 +23,14 @@ from fastapi.staticfiles import StaticFiles
 
 import tbclf
 from tbclf.data import imageio
+from tbclf.data.layouts import FORMATS_TEXT
 from tbclf.errors import DataError, TooManyPixels
 from tbclf.inference import Predictor, TorchPredictor, describe
 from tbclf.serve.triage import SCOPE, triage_text
 from tbclf.serve.upload import Upload, UploadError, read_upload
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 60_000_000  # a 16-bit 8k x 7.5k detector image; bombs claim far more
+DEFAULT_MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS  # one limit for the whole tool
 STATIC = Path(__file__).with_name("static")
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8")  # the formats whose header is checked first
 T = TypeVar("T")
@@ -97,7 +98,7 @@ def prepare_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> np.
             raise UploadError(
                 415,
                 "not_an_image",
-                f"{name} is not an image tbclf can read (PNG or JPEG of a chest X-ray).",
+                f"{name} is not an image tbclf can read ({FORMATS_TEXT} of a chest X-ray).",
             ) from None
         raise UploadError(
             400, "corrupt_image", f"{name} could not be decoded (truncated or corrupt data)."
