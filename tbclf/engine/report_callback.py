@@ -147,7 +147,9 @@ class ReportCallback(Callback):
             # The run's threshold beside the CSV, as `predict` records it: `tbclf report` on
             # this CSV then uses it instead of inferring one from the DECISION column.
             csv = out / self.last_report["predictions_csv"]
-            record = model_record(pl_module, trainer.ckpt_path)
+            record = model_record(
+                pl_module, trainer.ckpt_path, tta=bool(getattr(pl_module, "tta", False))
+            )
             atomic_write_json(
                 sidecar_path(csv), {"predictions_csv": csv.name, "n": int(keep.sum()), **record}
             )
