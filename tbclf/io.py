@@ -201,24 +201,31 @@ def unescape_cell(text: str) -> str:
     return text[1:] if text.startswith(_ESCAPE) else text
 
 
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """The CSV text of tbclf's outputs: RFC 4180 (CRLF line ends, so a cell holding a lone CR
-    is quoted too), every cell through :func:`escape_cell`."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
+def _csv_into(handle: IO[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    writer = csv.writer(handle, lineterminator="\r\n")
     writer.writerow([escape_cell(h) for h in header])
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"CSV row has {len(row)} cells, the header {len(header)}")
         writer.writerow([escape_cell(v) for v in row])
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """The CSV text of tbclf's outputs: RFC 4180 (CRLF line ends, so a cell holding a lone CR
+    is quoted too), every cell through :func:`escape_cell`."""
+    buf = io.StringIO()
+    _csv_into(buf, header, rows)
     return buf.getvalue()
 
 
 def write_csv(
     path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> Path:
-    """Write a CSV output atomically (see :func:`csv_text`)."""
-    return atomic_write_text(path, csv_text(header, rows))
+    """Write a CSV output atomically (see :func:`csv_text`), streaming: ``rows`` may be a
+    generator over more rows than fit in memory."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        _csv_into(handle, header, rows)
+    return Path(path)
 
 
 def write_csv_dicts(

@@ -308,6 +308,13 @@ class TBCLI(LightningCLI):
                 raise
             raise cause from None
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand == "predict" and kwargs.get("return_predictions") is None:
+            # The writer streams rows to disk; Lightning would also keep them all in memory.
+            kwargs["return_predictions"] = False
+        return kwargs
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from tbclf.data import layouts
 from tbclf.data.cache import DecodeCache
@@ -20,6 +20,7 @@ from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader, r
 from tbclf.data.grouping import group_keys
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.neardup import find_near_duplicates
+from tbclf.data.predict_set import PredictDataset
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
 from tbclf.data.splits import (
@@ -178,7 +179,7 @@ class TBDataModule(pl.LightningDataModule):
         self.hashes: dict[Path, str] = {}
         self.predict_records: list[Record] = []
         self.split_path: Path | None = None
-        self._datasets: dict[str, CachedImageDataset] = {}
+        self._datasets: dict[str, CachedImageDataset | PredictDataset] = {}
         self._train_generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ spec
@@ -360,13 +361,14 @@ class TBDataModule(pl.LightningDataModule):
                 "images, one image or a Zindi CSV (ID column) to predict on."
             )
         records = layouts.discover_predict(self.predict_root, self.keep_lateral)
-        hashes = self._hash(records)
-        kept = self.cache.warm(records, hashes, self.num_workers, self.skip_bad_images)
-        self.predict_records = kept
-        self.hashes = {**self.hashes, **hashes}
-        self._datasets["predict"] = CachedImageDataset(
-            kept, hashes, self.cache, self.transforms["predict"]
-        )
+        self.predict_records = records
+        self._datasets["predict"] = PredictDataset(records, self.input_spec, self.max_pixels)
+
+    def exclude_predicted(self, ids: set[str]) -> None:
+        """Leave out the images an earlier, interrupted predict already wrote (a resume)."""
+        dataset = self._dataset("predict")
+        assert isinstance(dataset, PredictDataset)
+        self._datasets["predict"] = dataset.without(ids)
 
     def split_meta(self) -> dict[str, Any]:
         root = self.root if self.root is not None else Path.cwd()
@@ -419,7 +421,7 @@ class TBDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def _dataset(self, name: str) -> CachedImageDataset:
+    def _dataset(self, name: str) -> CachedImageDataset | PredictDataset:
         if name not in self._datasets:
             if name == "predict":
                 self._setup_predict()
@@ -468,7 +470,21 @@ class TBDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        """Decoding in the loader's workers; under DDP each rank takes its share with
+        DistributedSampler, whose padding repeats the writer drops by image ID (every rank
+        gets the same number of batches, so none waits for another at the end)."""
+        dataset = self._dataset("predict")
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(
+                dataset, num_replicas=world, rank=int(trainer.global_rank), shuffle=False
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        return build_loader(
+            dataset, self.batch_size, self.num_workers, False, generator, sampler=sampler
+        )
 
     @property
     def class_counts(self) -> dict[str, dict[int | None, int]]:

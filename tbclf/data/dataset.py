@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from tbclf.data.cache import DecodeCache, read_entry
 from tbclf.data.records import Record
@@ -147,6 +147,7 @@ def build_loader(
     generator: torch.Generator | None = None,
     loader_class: type[DataLoader] = TBDataLoader,
     persistent_workers: bool | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """The loader settings every TBDataModule loader (and the loader benchmark) uses.
 
@@ -169,4 +170,5 @@ def build_loader(
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=generator,
+        sampler=sampler,
     )

@@ -43,22 +43,28 @@ def write_predictions(
     """ID,LABEL,DECISION (plus TRUE_LABEL when any row has one), written atomically; then,
     given the model's ``record`` (threshold, its origin, model, input spec), the sidecar."""
     rows = list(rows)
-    if not rows:
+    with_truth = any(row[3] is not None for row in rows)
+    return write_prediction_files(path, rows, len(rows), with_truth, record)
+
+
+def write_prediction_files(
+    path: str | Path,
+    rows: Iterable[Row],
+    n: int,
+    with_truth: bool,
+    record: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """The CSV from ``n`` rows streamed in order (memory does not grow with ``n``), then the
+    sidecar: ``record`` and ``extra`` (images left out or unreadable, with why)."""
+    if not n:
         raise ConfigError("predict produced no rows: is data.predict_root empty?")
     sidecar = sidecar_path(path)
     # A stale sidecar must never describe new rows: gone before the CSV changes, written
     # after it (a failure in between leaves a CSV without sidecar, and `report` says so).
     sidecar.unlink(missing_ok=True)
-    written = _write_rows(Path(path), rows)
-    if record is not None:
-        atomic_write_json(sidecar, {"predictions_csv": written.name, "n": len(rows), **record})
-    return written
-
-
-def _write_rows(path: Path, rows: list[Row]) -> Path:
-    with_truth = any(row[3] is not None for row in rows)
-    return write_csv(
-        path,
+    written = write_csv(
+        Path(path),
         FIELDS + (["TRUE_LABEL"] if with_truth else []),
         (
             [ident, f"{prob:.6f}", decision]
@@ -66,3 +72,8 @@ def _write_rows(path: Path, rows: list[Row]) -> Path:
             for ident, prob, decision, truth in rows
         ),
     )
+    if record is not None:
+        atomic_write_json(
+            sidecar, {"predictions_csv": written.name, "n": n, **record, **(extra or {})}
+        )
+    return written

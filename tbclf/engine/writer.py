@@ -1,10 +1,19 @@
-"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) once predict has finished,
-and beside it `predictions.json`: the threshold behind DECISION and where it came from, the
-model class and input spec, so `tbclf report` never has to guess them from the CSV."""
+"""Writes `predictions.csv` (Zindi's `ID,LABEL` plus the decision) and beside it
+`predictions.json`: the threshold behind DECISION and where it came from, the model class and
+input spec, and the images left out or unreadable with why, so `tbclf report` never has to
+guess them from the CSV.
+
+Every predict path (a checkpoint, or an ONNX file through :mod:`tbclf.engine.onnx_module`) runs
+`Trainer.predict` with this writer, in one process or several (DDP: `--trainer.devices N`,
+`--trainer.num_nodes`). Rows go to disk as they come, each rank in its own parts
+(:mod:`tbclf.engine.shards`); when every rank is done, rank 0 merges them into the one CSV,
+atomically. A rerun of the same command after a kill skips the images already written.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,32 +21,51 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from tbclf.engine.predictions import FIELDS, check_output_free, write_predictions
+from tbclf.engine import shards
+from tbclf.engine.predictions import FIELDS, check_output_free, write_prediction_files
 from tbclf.engine.provenance import model_record
-from tbclf.errors import ConfigError
+from tbclf.errors import DataError
 from tbclf.evaluation.report import sidecar_path
 
-__all__ = ["FIELDS", "PredictionWriter"]
+__all__ = ["FIELDS", "PredictionWriter", "prediction_record"]
+
+
+def prediction_record(pl_module: pl.LightningModule, checkpoint: str | None) -> dict[str, Any]:
+    """The sidecar's account of the model: a module may give its own (an ONNX file's
+    metadata), a tbclf classifier is described from its buffers and hyperparameters."""
+    own = getattr(pl_module, "prediction_record", None)
+    if callable(own):
+        return own()
+    ckpt = None if checkpoint is None else str(Path(checkpoint).resolve())
+    return model_record(pl_module, ckpt, tta=bool(getattr(pl_module, "tta", False)))
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Collects the predict loop's outputs and writes them atomically in one go.
+    """Streams the predict loop's rows to parts on disk and merges them into one CSV.
 
     Args:
         output: CSV path. Default: `predictions.csv` in the checkpoint's run folder (or the
             trainer's log folder when the checkpoint sits elsewhere).
         overwrite: replace existing files. Without it an existing CSV or sidecar stops the run
             before any image is predicted, so a user's earlier predictions are never lost.
+        part_rows: rows per part file (`<output>.parts/`); a kill loses at most this many
+            rows per process, which a rerun of the same command scores again.
 
     The sidecar is the CSV's path with ``.json`` (``predictions.json``).
     """
 
-    def __init__(self, output: str | None = None, overwrite: bool = False) -> None:
-        super().__init__(write_interval="epoch")
+    def __init__(self, output: str | None = None, overwrite: bool = False, part_rows: int = 1000):
+        super().__init__(write_interval="batch")
+        if int(part_rows) < 1:
+            raise DataError(f"writer.part_rows={part_rows} must be >= 1.")
         self.output = output
         self.overwrite = overwrite
+        self.part_rows = int(part_rows)
         self.default_dir: Path | None = None
         self.written: Path | None = None
+        self._parts: shards.PartWriter | None = None
+        self._path: Path | None = None
+        self._counter = 0
 
     def resolve_output(self, trainer: pl.Trainer) -> Path:
         if self.output is not None:
@@ -45,48 +73,135 @@ class PredictionWriter(BasePredictionWriter):
         folder = self.default_dir or Path(trainer.log_dir or ".")
         return folder / "predictions.csv"
 
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_output_free(self.resolve_output(trainer), self.overwrite)
-        if trainer.world_size > 1:
-            raise ConfigError(
-                "predict writes one CSV from one process: run it with --trainer.devices 1 "
-                "(prediction is fast; DDP is for fit)."
-            )
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before any loader exists: claim the parts folder and tell the data module which
+        images earlier attempts already wrote, so they are not even decoded again."""
+        if str(getattr(stage, "value", stage)) != "predict":
+            return
+        path = self.resolve_output(trainer)  # every rank asks: log_dir broadcasts under DDP
+        check_output_free(path, self.overwrite)
+        folder = shards.parts_dir(path)
+        datamodule = trainer.datamodule
+        records = getattr(datamodule, "predict_records", None)
+        inputs = (
+            shards.inputs_digest((r.id, str(r.path)) for r in records)
+            if records is not None
+            else None
+        )
+        ckpt = getattr(trainer, "ckpt_path", None)
+        digest = shards.file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None
+        key = shards.run_key(prediction_record(pl_module, ckpt), inputs, digest)
+        resumable = inputs is not None and hasattr(datamodule, "exclude_predicted")
+        if trainer.is_global_zero:
+            if not resumable:
+                shards.remove(folder)
+            if shards.prepare(folder, key):
+                print(f"resuming: keeping the rows already written in {folder}")
+        trainer.strategy.barrier("tbclf-predict-parts")
+        if resumable:
+            datamodule.exclude_predicted(shards.done_ids(folder))
+        self._path = path
+        self._parts = shards.PartWriter(folder, trainer.global_rank, self.part_rows)
+        self._counter = 0
+        self.written = None
 
-    def write_on_epoch_end(
+    def write_on_batch_end(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        predictions: Any,
+        prediction: Any,
         batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
-        rows = list(_rows(predictions))
-        record = None
-        if pl_module is not None:  # called outside a predict loop: no model to describe
+        assert self._parts is not None, "PredictionWriter.setup did not run"
+        skip_bad = bool(getattr(trainer.datamodule, "skip_bad_images", True))
+        for row in _rows(prediction, batch, self._counter):
+            if row.status == shards.UNREADABLE and not skip_bad:
+                self._parts.flush()
+                raise DataError(row.why)
+            self._parts.add(row)
+        self._counter += len(prediction["id"])
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self._parts is not None:  # what was scored stays: a rerun starts after it
+            try:
+                self._parts.flush()
+            except OSError:
+                pass
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Every rank has finished its images: rank 0 merges the parts into the CSV."""
+        if str(getattr(stage, "value", stage)) != "predict" or self._parts is None:
+            return
+        self._parts.flush()
+        trainer.strategy.barrier("tbclf-predict-merge")
+        if trainer.is_global_zero:
             ckpt = getattr(trainer, "ckpt_path", None)
-            ckpt = None if ckpt is None else str(Path(ckpt).resolve())
-            record = model_record(pl_module, ckpt, tta=bool(getattr(pl_module, "tta", False)))
-        path = write_predictions(self.resolve_output(trainer), rows, record)
-        self.written = path
-        told = f" (threshold and model: {sidecar_path(path)})" if record else ""
-        print(f"wrote {len(rows)} predictions to {path}{told}")
+            self.written = merge(self._path, prediction_record(pl_module, ckpt))
+        self._parts = None
+        trainer.strategy.barrier("tbclf-predict-merged")
 
 
-def _rows(predictions: Any):
-    """Flatten Lightning's per-dataloader, per-batch outputs into (id, prob, decision, label)."""
-    batches = predictions
-    if batches and isinstance(batches[0], list):
-        batches = [b for group in batches for b in group]
-    for batch in batches:
-        probs = _as_list(batch["prob"])
-        decisions = _as_list(batch["decision"])
-        labels = _as_list(batch.get("label", [None] * len(probs)))
-        for ident, prob, decision, label in zip(batch["id"], probs, decisions, labels, strict=True):
-            truth = None if label is None or math.isnan(float(label)) else int(label)
-            yield str(ident), float(prob), int(decision), truth
+def merge(path: Path, record: dict[str, Any] | None) -> Path:
+    """The parts beside ``path`` as the one CSV and its sidecar; then the parts are removed."""
+    folder = shards.parts_dir(path)
+    summary = shards.summarize(folder)
+    extra = {"unreadable": summary.unreadable, "left_out": summary.left_out}
+    for entries, what in ((summary.unreadable, "unreadable"), (summary.left_out, "left out")):
+        if entries:
+            warnings.warn(
+                f"{len(entries)} image(s) {what}, listed with why in {sidecar_path(path)}: "
+                f"{shards.listing(entries)}",
+                stacklevel=2,
+            )
+    rows = ((r.id, r.prob, r.decision, r.truth) for r in shards.scored_rows(folder))
+    written = write_prediction_files(
+        path, rows, summary.n_scored, summary.with_truth, record, extra
+    )
+    shards.remove(folder)
+    told = f" (threshold and model: {sidecar_path(written)})" if record else ""
+    print(f"wrote {summary.n_scored} predictions to {written}{told}")
+    return written
+
+
+def _rows(prediction: dict[str, Any], batch: Any, counter: int):
+    """A batch's outcomes as part rows: IDs and list positions from the batch itself."""
+    ids = [str(i) for i in prediction["id"]]
+    n = len(ids)
+    probs = _as_list(prediction["prob"])
+    decisions = _as_list(prediction["decision"])
+    labels = _as_list(prediction.get("label", [math.nan] * n))
+    given = batch if isinstance(batch, dict) else {}
+    index = _as_list(given["index"]) if "index" in given else range(counter, counter + n)
+    status = list(given.get("status", [shards.SCORED] * n))
+    paths = list(given.get("path", [""] * n))
+    why = list(given.get("why", [""] * n))
+    for i in range(n):
+        label = labels[i]
+        truth = None if label is None or math.isnan(float(label)) else int(label)
+        scored = status[i] in ("", shards.SCORED)
+        yield shards.PartRow(
+            index=int(index[i]),
+            id=ids[i],
+            prob=float(probs[i]) if scored else math.nan,
+            decision=int(decisions[i]) if scored else 0,
+            truth=truth,
+            status=shards.SCORED if scored else str(status[i]),
+            path=str(paths[i]),
+            why=str(why[i]),
+        )
 
 
 def _as_list(value: Any) -> list:
     if isinstance(value, torch.Tensor):
-        return value.detach().float().cpu().tolist()
+        return (
+            value.detach().float().cpu().tolist()
+            if value.is_floating_point()
+            else (value.detach().cpu().tolist())
+        )
     return list(value)
