@@ -208,12 +208,15 @@ def test_predict_killed_mid_way_leaves_no_partial_csv(
     out = tmp_path / "out" / "predictions.csv"
     mid_way = lambda m: 1 <= int(m[1]) <= int(m[2]) // 2  # noqa: E731
 
-    # A fresh output: the kill leaves no file at all, and a rerun finishes.
+    # A fresh output: the kill leaves no CSV, only complete parts (a temporary file inside
+    # the parts folder at most), and a rerun finishes from them.
+    parts = out.parent / "predictions.csv.parts"
     proc = _start(_predict_args(data, ckpt, out), tmp_path, tmp_path / "p1.log")
     _kill_when(proc, PREDICTING, mid_way, tmp_path / "p1.log")
     assert not out.exists()
-    assert not out.parent.exists() or _temp_files(out.parent) == []
+    assert [p for p in _temp_files(out.parent) if p.parent != parts] == []
     _ok(run_cli(_predict_args(data, ckpt, out), cwd=tmp_path))
+    assert not parts.exists()
     first = out.read_bytes()
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -224,7 +227,7 @@ def test_predict_killed_mid_way_leaves_no_partial_csv(
     proc = _start(args, tmp_path, tmp_path / "p2.log")
     _kill_when(proc, PREDICTING, mid_way, tmp_path / "p2.log")
     assert out.read_bytes() == first
-    assert _temp_files(out.parent) == []
+    assert [p for p in _temp_files(out.parent) if p.parent != parts] == []
 
 
 # --------------------------------------------------------------------------- concurrent runs

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when imageio.load_prepared changes what it returns for the same inputs.
-CACHE_VERSION = 2  # 2: PNG sBIT bit depth, JPEG EXIF orientation, DICOM
+CACHE_VERSION = 3  # 2: PNG sBIT bit depth, JPEG EXIF orientation, DICOM; 3: robust depth
 
 
 @dataclass(frozen=True)

@@ -249,9 +249,27 @@ def effective_bit_depth(max_value: int) -> int:
     return 16
 
 
+# The brightest pixels that may lie above the bit depth an image is scaled by: a hot pixel,
+# burned-in text or a marker must not darken the whole image (one pixel at 4096 in a 12-bit
+# image would otherwise be scaled as 14-bit: a quarter of its brightness).
+OUTLIER_SHARE = 0.001
+
+
+def robust_bit_depth(img: np.ndarray) -> int:
+    """Smallest of 8/10/12/14/16 bits that holds all but the brightest OUTLIER_SHARE of the
+    pixels (those few are clipped to white), so a handful of outliers cannot change the
+    scale of the rest, as a viewer's window would not."""
+    allowed = int(img.size * OUTLIER_SHARE)
+    for bits in _BIT_DEPTHS[:-1]:
+        if np.count_nonzero(img >= (1 << bits)) <= allowed:
+            return bits
+    return 16
+
+
 def _to_uint8(img: np.ndarray, path: Path, significant_bits: int | None = None) -> np.ndarray:
     """Scale by the file's declared bit depth (PNG sBIT) when its values fit it, else by the
-    effective bit depth, so 12-bit images keep their contrast, without clipping."""
+    depth nearly all pixels need (:func:`robust_bit_depth`), so 12-bit images keep their
+    contrast and a few outlier pixels do not change it."""
     if img.dtype == np.uint8:
         return img
     if img.dtype != np.uint16:
@@ -261,10 +279,10 @@ def _to_uint8(img: np.ndarray, path: Path, significant_bits: int | None = None) 
     if sbit is not None and 8 <= sbit <= 16 and peak < (1 << sbit):
         bits = sbit
     else:  # no sBIT, or values scaled to the full range as the PNG spec asks
-        bits = effective_bit_depth(peak)
+        bits = robust_bit_depth(img)
     top = (1 << bits) - 1
     lut = np.round(np.arange(top + 1, dtype=np.float64) * (255.0 / top)).astype(np.uint8)
-    return lut[img]
+    return lut[np.minimum(img, top) if peak > top else img]
 
 
 def _to_gray(img: np.ndarray) -> np.ndarray:

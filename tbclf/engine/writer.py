@@ -96,11 +96,13 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             if not resumable:
                 shards.remove(folder)
-            if shards.prepare(folder, key):
-                print(f"resuming: keeping the rows already written in {folder}")
+            shards.prepare(folder, key)
         trainer.strategy.barrier("tbclf-predict-parts")
         if resumable:
-            datamodule.exclude_predicted(shards.done_ids(folder))
+            done = shards.done_ids(folder)
+            if done and trainer.is_global_zero:
+                print(f"resuming: {len(done)} image(s) already written in {folder} are skipped")
+            datamodule.exclude_predicted(done)
         self._path = path
         self._parts = shards.PartWriter(folder, trainer.global_rank, self.part_rows)
         self._counter = 0
