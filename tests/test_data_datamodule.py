@@ -108,7 +108,8 @@ def test_every_option_is_a_hyperparameter(tmp_path: Path) -> None:
         "root", "layout", "preprocessing", "clahe_clip_limit", "clahe_tile_grid", "image_size",
         "resize", "crop_border", "batch_size", "num_workers", "seed", "val_fraction",
         "test_fraction", "num_folds", "fold", "split_file", "cache_dir", "predict_root",
-        "download", "skip_bad_images", "hflip", "max_pixels", "keep_lateral", "group_by",
+        "download", "skip_bad_images", "hflip", "max_pixels", "keep_lateral", "keep_non_chest",
+        "group_by",
         "near_duplicates", "test_sources", "train_sources",
     }  # fmt: skip
     assert set(dm.hparams) == expected
@@ -241,7 +242,9 @@ def test_predict_keeps_ids_and_has_nan_labels(tmp_path: Path, data) -> None:
     dm.setup("predict")
     got_ids, labels = [], []
     for batch in dm.predict_dataloader():
-        check_batch(batch)
+        # predict batches also say what became of each image (decoded in the loader)
+        assert set(batch["status"]) == {"scored"} and set(batch["why"]) == {""}
+        check_batch({k: v for k, v in batch.items() if k not in ("path", "status", "why")})
         got_ids += batch["id"]
         labels += batch["label"].tolist()
     assert sorted(got_ids) == sorted(ids)

@@ -49,7 +49,8 @@ class TBDataModule(pl.LightningDataModule):
     """Healthy (0) vs TB (1) chest X-rays; every dataloader yields the batch dict contract:
     {"image": float32 (B,1,S,S) in [0,1], "label": float32 (B,) NaN if unlabeled,
     "id": list[str], "source": list[str], "view": list[str],
-    "index": int64 (B,) position in its data set}."""
+    "index": int64 (B,) position in its data set}; predict batches add "path", "status"
+    ("scored", "unreadable" or "left out") and "why" per image."""
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class TBDataModule(pl.LightningDataModule):
         hflip: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         keep_lateral: bool = False,
+        keep_non_chest: bool = False,
         group_by: str | None = None,
         near_duplicates: bool = True,
     ) -> None:
@@ -104,13 +106,17 @@ class TBDataModule(pl.LightningDataModule):
             train_sources: With test_sources, train and validate on these sources only
                 (default: all the others).
             cache_dir: Where decoded, resized images are cached.
-            predict_root: Folder, image or Zindi CSV to predict on.
+            predict_root: Folder, image, Zindi CSV or list of paths (a .txt file with one path
+                a line, or a CSV with a "path" column) to predict on.
             download: Download the public NLM sets into root when it has no images.
             skip_bad_images: Drop unreadable images with one warning instead of failing.
             hflip: Random horizontal flips in training (off: it moves the heart to the right).
             max_pixels: Refuse images with more pixels (decompression-bomb guard).
             keep_lateral: Keep lateral DICOM views (ViewPosition LL/RL/LATERAL), which are
                 skipped with a warning by default (models are trained on frontal views).
+            keep_non_chest: Predict also on DICOMs whose Modality is not radiography (CT, MR,
+                US, NM, PT, ...) or whose BodyPartExamined names another body part; they are
+                left out with a warning by default.
             group_by: Keep groups of images in one split: "patient" (DICOM PatientID, hashed),
                 "column:NAME" (a column of the Zindi CSV), "regex:PATTERN" (first capture
                 group of a regex on the root-relative path). Default: per image.
@@ -155,6 +161,7 @@ class TBDataModule(pl.LightningDataModule):
         self.hflip = hflip
         self.max_pixels = int(max_pixels)
         self.keep_lateral = bool(keep_lateral)
+        self.keep_non_chest = bool(keep_non_chest)
         self.group_by = group_by
         self.near_duplicates = bool(near_duplicates)
         # The pixel settings as one InputSpec; a model trained on this data takes it over, and
@@ -360,9 +367,14 @@ class TBDataModule(pl.LightningDataModule):
                 f"data.predict_root={self.predict_root} does not exist: point it at a folder of "
                 "images, one image or a Zindi CSV (ID column) to predict on."
             )
-        records = layouts.discover_predict(self.predict_root, self.keep_lateral)
+        # DICOM headers are read by the loader's workers, image by image: an archive's list is
+        # ready at once, and what is not a frontal chest radiograph is left out there.
+        records = layouts.discover_predict(self.predict_root, read_headers=False)
         self.predict_records = records
-        self._datasets["predict"] = PredictDataset(records, self.input_spec, self.max_pixels)
+        self._datasets["predict"] = PredictDataset(
+            records, self.input_spec, self.max_pixels, None, self.keep_lateral,
+            self.keep_non_chest,
+        )  # fmt: skip
 
     def exclude_predicted(self, ids: set[str]) -> None:
         """Leave out the images an earlier, interrupted predict already wrote (a resume)."""

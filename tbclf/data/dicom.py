@@ -28,6 +28,12 @@ _SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 _COLOR_PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 _DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an image
 _PATIENT_SALT = b"tbclf-patient-v1:"
+# Projection radiography (CR, DX, RG; "DR" from some vendors); "OT" (other) and a missing tag
+# say nothing, so those images are kept. Every other modality (CT, MR, US, NM, PT, MG, ...)
+# is not what a chest X-ray model reads.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "DR", "OT", "")
+# BodyPartExamined values (free text in practice) that name the chest, in a few languages.
+_CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "THORAC", "LUNG", "POITRINE", "BRUST", "PECHO")
 # Which pip packages add a decoder, by transfer syntax family (pydicom's plugin names).
 _LIBJPEG = "pip install pylibjpeg pylibjpeg-libjpeg"
 _OPENJPEG = "pip install pylibjpeg pylibjpeg-openjpeg"
@@ -54,6 +60,8 @@ class DicomInfo:
     sop_class_name: str
     transfer_syntax: str
     has_pixels: bool
+    modality: str = ""
+    body_part: str = ""
 
     @property
     def is_directory(self) -> bool:
@@ -62,6 +70,32 @@ class DicomInfo:
     @property
     def is_lateral(self) -> bool:
         return self.view in LATERAL_VIEWS
+
+
+def not_a_chest_radiograph(info: DicomInfo) -> str | None:
+    """Why a DICOM is not a chest radiograph by its own header (Modality, BodyPartExamined
+    when present), or None."""
+    if info.modality not in RADIOGRAPH_MODALITIES:
+        return f"Modality {info.modality} is not a radiograph"
+    if info.body_part and not any(word in info.body_part for word in _CHEST_WORDS):
+        return f"BodyPartExamined {info.body_part} is not the chest"
+    return None
+
+
+def left_out_reason(
+    info: DicomInfo, keep_lateral: bool = False, keep_non_chest: bool = False
+) -> str | None:
+    """Why a chest model should not score this DICOM (data.keep_lateral / data.keep_non_chest
+    opt in), or None."""
+    if info.is_directory:
+        return "a DICOMDIR index, not an image"
+    if not keep_non_chest:
+        reason = not_a_chest_radiograph(info)
+        if reason:
+            return f"{reason} (data.keep_non_chest=true keeps it)"
+    if not keep_lateral and info.is_lateral:
+        return f"lateral view (ViewPosition {info.view}; data.keep_lateral=true keeps it)"
+    return None
 
 
 def _bad(path: Path, why: str) -> DataError:
@@ -124,6 +158,8 @@ def _info(ds) -> DicomInfo:
         sop_class_name=sop_name,
         transfer_syntax=syntax,
         has_pixels=has_pixels,
+        modality=str(ds.get("Modality", "") or "").strip().upper(),
+        body_part=str(ds.get("BodyPartExamined", "") or "").strip().upper(),
     )
 
 
@@ -162,6 +198,19 @@ def _pip_hint(syntax: str) -> str:
     if syntax in uid.JPEGTransferSyntaxes or syntax in uid.JPEGLSTransferSyntaxes:
         return _LIBJPEG
     return _GDCM
+
+
+def _other_decoder(syntax: str) -> str:
+    """Advice when pylibjpeg fails on a JPEG: GDCM reads variants it does not (12-bit
+    extended, some lossless and old encoder streams)."""
+    from pydicom import uid
+
+    if syntax in uid.JPEGTransferSyntaxes:
+        return (
+            f"; if the file is intact, `{_GDCM}` adds a decoder for the JPEG variants "
+            "pylibjpeg cannot read (12-bit extended, some lossless streams)"
+        )
+    return ""
 
 
 def _syntax_name(syntax: str) -> str:
@@ -306,7 +355,9 @@ def _decode_dataset(ds, path: Path, max_pixels: int) -> np.ndarray:
         arr = ds.pixel_array
     except Exception as exc:  # corrupt or truncated compressed streams
         raise _bad(
-            path, f"its {_syntax_name(info.transfer_syntax)} pixel data does not decode: {exc}"
+            path,
+            f"its {_syntax_name(info.transfer_syntax)} pixel data does not decode: {exc}"
+            + _other_decoder(info.transfer_syntax),
         ) from None
     if arr.shape[:2] != (info.rows, info.columns):
         shape = f"{info.rows}x{info.columns}"

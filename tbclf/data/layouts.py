@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from tbclf.data import dicom
+from tbclf.data import dicom, path_list
 from tbclf.data.imageio import SNIFF_BYTES, sniff_format
 from tbclf.data.records import HEALTHY, TB, Record
 from tbclf.errors import ConfigError, DataError
@@ -384,18 +384,34 @@ def discover(root: Path, layout: str = "auto", keep_lateral: bool = False) -> li
     return records
 
 
-def discover_predict(path: Path, keep_lateral: bool = False) -> list[Record]:
+def discover_predict(
+    path: Path, keep_lateral: bool = False, read_headers: bool = True
+) -> list[Record]:
     """Images to predict on: a folder (labels kept where a layout gives them, else None), one
-    image, or a Zindi CSV. Ids are file stems, or relative paths where stems collide."""
+    image, a Zindi CSV, or a list of paths (a text file, or a CSV with a ``path`` column;
+    see :mod:`tbclf.data.path_list`). Ids are file stems, or relative paths where stems
+    collide.
+
+    ``read_headers=False`` leaves the DICOM header checks (views, DICOMDIR) to the reader of
+    each image (the predict loader's workers), so an archive's list is ready at once.
+    """
     path = _check_root(path)
     if path.is_file():
-        if path.suffix.lower() == ".csv":
+        suffix = path.suffix.lower()
+        if suffix == ".csv" and path_list.has_path_column(_csv_header(path)):
+            records = path_list.read_csv_list(path)
+        elif suffix == ".csv":
             records = read_zindi_csv(path)
+        elif suffix in path_list.TEXT_SUFFIXES:
+            records = path_list.read_text_list(path)
         elif _is_image(path.name) or _sniff(str(path)) is not None:
             records = [Record(id=_stem(PurePosixPath(path.name)), path=path, label=None,
                               source="predict")]  # fmt: skip
         else:
-            raise DataError(f"{path} is neither an image ({FORMATS_TEXT}) nor a CSV.")
+            raise DataError(
+                f"{path} is neither an image ({FORMATS_TEXT}), a CSV, nor a list of paths "
+                f"({', '.join(path_list.TEXT_SUFFIXES)})."
+            )
     elif _root_csvs(path):
         csv_path = _pick_zindi_csv(path)
         assert csv_path is not None
@@ -409,7 +425,8 @@ def discover_predict(path: Path, keep_lateral: bool = False) -> list[Record]:
             Record(id=i, path=r.path, label=r.label, source=r.source)
             for i, r in zip(ids, records, strict=True)
         ]
-    records = drop_lateral(with_dicom_views(records), keep_lateral)
+    if read_headers:
+        records = drop_lateral(with_dicom_views(records), keep_lateral)
     if not records:
         raise DataError(
             f"No images to predict on in {path}: put {FORMATS_TEXT} files in it or point to a "
