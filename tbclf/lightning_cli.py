@@ -25,6 +25,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from tbclf.data.datamodule import TBDataModule
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
+from tbclf.engine.progress import count_images
 from tbclf.engine.lifecycle import (
     STOPPED,
     RunLifecycle,
@@ -317,6 +318,7 @@ class TBCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        count_images(trainer)  # predict's bar: images/s and the time left
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             # Atomic checkpoints: a kill or a full disk never leaves a torn last.ckpt.
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

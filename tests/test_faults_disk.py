@@ -20,14 +20,14 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from tbclf.data.cache import DecodeCache
-from tbclf.engine.writer import PredictionWriter
+from tbclf.engine import shards
+from tbclf.engine.writer import merge
 from tbclf.io import atomic_write_bytes, atomic_write_text
 
 pytestmark = pytest.mark.timeout(300)
@@ -186,27 +186,27 @@ def test_atomic_write_on_full_disk_keeps_the_old_file(small_disk: Path, kind: st
 # --------------------------------------------------------------------------- predictions
 
 
-def _predictions(n: int) -> list[list[dict]]:
-    ids = [f"image_{i:06d}_" + "x" * 40 for i in range(n)]
-    return [
-        {
-            "id": ids[i : i + 50],
-            "prob": torch.linspace(0, 1, len(ids[i : i + 50])),
-            "decision": torch.ones(len(ids[i : i + 50]), dtype=torch.int64),
-        }
-        for i in range(0, n, 50)
-    ]
+def _score(out: Path, n: int, key: str) -> Path:
+    """What predict does on disk: rows streamed into parts, then merged into the CSV."""
+    folder = shards.parts_dir(out)
+    shards.prepare(folder, key)
+    parts = shards.PartWriter(folder, rank=0, rows_per_part=500)
+    for i in range(n):
+        ident = f"image_{i:06d}_" + "x" * 40
+        parts.add(shards.PartRow(index=i, id=ident, prob=i / n, decision=1))
+    parts.flush()
+    return merge(out, {"threshold": 0.5})
 
 
 def test_prediction_writer_on_full_disk_keeps_earlier_predictions(small_disk: Path) -> None:
     out = small_disk / "predictions.csv"
-    trainer = SimpleNamespace(log_dir=str(small_disk), world_size=1)
-    writer = PredictionWriter(output=str(out), overwrite=True)
-    writer.write_on_epoch_end(trainer, None, _predictions(100), None)
+    _score(out, 100, "first")
     before = out.read_bytes()
     assert before.count(b"\n") == 101
+    # The disk fills while parts are written or while they are merged: either way the error
+    # names the file (a part's path starts with the CSV's) and the earlier CSV is untouched.
     with pytest.raises(OSError) as err:
-        writer.write_on_epoch_end(trainer, None, _predictions(20_000), None)
+        _score(out, 20_000, "second")
     _assert_disk_full_error(err.value, out)
     assert out.read_bytes() == before
     assert _temp_leftovers(small_disk) == []

@@ -15,6 +15,7 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser
 
 from tbclf.data.datamodule import TBDataModule
+from tbclf.engine.progress import count_images
 from tbclf.engine.writer import PredictionWriter
 
 
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> Path | None:
     options = dict(init.trainer)  # the Trainer itself is built here, as LightningCLI does
     options["callbacks"] = [*(options.get("callbacks") or []), writer]
     trainer = Trainer(**options)
+    count_images(trainer)
     # DDP's launcher re-runs this command in each new process: it reads sys.argv.
     sys.argv[1:] = ["predict", *argv]
     trainer.predict(module, datamodule=init.data, return_predictions=False)
