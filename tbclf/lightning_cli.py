@@ -25,7 +25,6 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from tbclf.data.datamodule import TBDataModule
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
-from tbclf.engine.progress import count_images
 from tbclf.engine.lifecycle import (
     STOPPED,
     RunLifecycle,
@@ -35,6 +34,7 @@ from tbclf.engine.lifecycle import (
     recorded_config,
     resume_command,
 )
+from tbclf.engine.progress import count_images
 from tbclf.engine.quiet import quiet_lightning
 from tbclf.engine.report_callback import ReportCallback
 from tbclf.engine.rng_state import RNGStateCallback

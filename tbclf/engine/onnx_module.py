@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from tbclf.data.spec import InputSpec
+from tbclf.evaluation.probability import decide
 from tbclf.inference import OnnxPredictor
 
 
@@ -48,10 +49,9 @@ class OnnxModule(pl.LightningModule):
         probs = self.predictor.probabilities(images, batch_size=max(1, len(images)))
         n = len(probs)
         label = batch.get("label")
-        threshold = np.float32(self.predictor.threshold)
         return {
             "id": [str(i) for i in batch["id"]],
             "prob": torch.from_numpy(np.asarray(probs, dtype=np.float32)),
-            "decision": torch.from_numpy((np.float32(probs) >= threshold).astype(np.int64)),
+            "decision": torch.from_numpy(decide(probs, self.predictor.threshold)),
             "label": torch.full((n,), float("nan")) if label is None else label.float().cpu(),
         }
