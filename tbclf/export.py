@@ -11,7 +11,6 @@ the run's training images, accepted only when the AUROC on the run's test split 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import tempfile
 import warnings
@@ -29,12 +28,14 @@ from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
 from tbclf.engine import rundir
-from tbclf.engine.provenance import threshold_info_of
+from tbclf.engine.provenance import operating_point_of
 from tbclf.engine.rundir import run_dir_of
 from tbclf.errors import ConfigError
+from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
+from tbclf.evaluation.operating_point import OperatingPoint
 from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.roc import auroc
-from tbclf.io import atomic_write_bytes
+from tbclf.io import atomic_write_bytes, file_sha256
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -43,16 +44,18 @@ MAX_PROB_DIFF = 1e-4
 MAX_INT8_AUROC_CHANGE = 0.01
 # metadata_props keys (all values are strings; JSON where structured)
 META_SPEC = "tbclf.input_spec"
-META_THRESHOLD = "tbclf.threshold"
+META_OPERATING_POINT = f"tbclf.{OPERATING_POINT_KEY}"
 META_CLASSES = "tbclf.classes"
 META_VERSION = "tbclf.version"
 META_RUN = "tbclf.training_run"
 META_MODEL = "tbclf.model"
 META_QUANT = "tbclf.quantization"
+# Files exported before the operating point had one key: read, never written.
+META_THRESHOLD = "tbclf.threshold"
 META_THRESHOLD_SOURCE = "tbclf.threshold_source"
 CLASSES = {
     "output": f"'{OUTPUT_NAME}' is the TB logit per image; P(TB) = sigmoid(logit)",
-    "decision": "TB when P(TB) >= tbclf.threshold, else healthy",
+    "decision": f"TB when P(TB) >= the threshold of {META_OPERATING_POINT}, else healthy",
     "labels": {"0": "healthy", "1": "TB"},
 }
 
@@ -71,14 +74,6 @@ class Int8Result:
         return self.auroc_int8 - self.auroc_fp32
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def training_run(ckpt_path: str | Path) -> dict[str, Any]:
     """Where the weights come from: checkpoint, its run folder, epoch/step and file hash."""
     from tbclf.models.loading import read_checkpoint
@@ -88,7 +83,7 @@ def training_run(ckpt_path: str | Path) -> dict[str, Any]:
     run_dir = run_dir_of(path)
     return {
         "checkpoint": str(path),
-        "checkpoint_sha256": _sha256(path),
+        "checkpoint_sha256": file_sha256(path),
         "run_dir": None if run_dir is None else str(run_dir),
         "run": None if run_dir is None else f"{run_dir.parent.name}/{run_dir.name}",
         "epoch": checkpoint.get("epoch"),
@@ -97,8 +92,9 @@ def training_run(ckpt_path: str | Path) -> dict[str, Any]:
 
 
 def model_description(model: torch.nn.Module, tta: bool = False) -> dict[str, Any]:
-    """The architecture in a few words (class, backbone, channels), its temperature and
-    whether test-time augmentation is part of the exported graph."""
+    """The architecture in a few words (class, backbone, channels) and whether test-time
+    augmentation is part of the exported graph (the temperature, already inside the exported
+    logit, is recorded with the operating point)."""
     hparams = dict(getattr(model, "hparams", {}) or {})
     cls = type(model)
     return {
@@ -106,8 +102,6 @@ def model_description(model: torch.nn.Module, tta: bool = False) -> dict[str, An
         "class_path": f"{cls.__module__}.{cls.__qualname__}",
         "backbone": hparams.get("backbone"),
         "in_chans": model.input_spec.in_chans,
-        # Already inside the exported logit; recorded so the file says how it was calibrated.
-        "temperature": float(getattr(model, "temperature", 1.0)),
         # Test-time augmentation traced into the graph: the logit of the views' mean P(TB).
         "tta": bool(tta),
     }
@@ -119,8 +113,9 @@ def metadata(
     """The metadata_props that make the ONNX file self-describing."""
     return {
         META_SPEC: json.dumps(model.input_spec.to_dict()),
-        META_THRESHOLD: repr(float(model.threshold)),
-        META_THRESHOLD_SOURCE: json.dumps(threshold_info_of(model, (run or {}).get("checkpoint"))),
+        META_OPERATING_POINT: json.dumps(
+            operating_point_of(model, (run or {}).get("checkpoint")).to_dict()
+        ),
         META_CLASSES: json.dumps(CLASSES),
         META_VERSION: tbclf.__version__,
         META_RUN: json.dumps(run or {}),
@@ -478,3 +473,21 @@ def check_int8(result: Int8Result, max_change: float, where: str | Path) -> None
             f"{max_change} allowed. Use the fp32 model, or calibrate on more images "
             "(--calibration_images)."
         )
+
+
+def metadata_operating_point(meta: dict[str, str], where: str) -> OperatingPoint:
+    """The operating point an exported file carries (files from before the one key: their
+    threshold, its origin and the model's temperature)."""
+    try:
+        if META_OPERATING_POINT in meta:
+            return OperatingPoint.from_dict(json.loads(meta[META_OPERATING_POINT]), where)
+        model = json.loads(meta.get(META_MODEL) or "{}")
+        origin = json.loads(meta.get(META_THRESHOLD_SOURCE) or "{}")
+        return OperatingPoint.from_legacy(
+            float(meta[META_THRESHOLD]), origin, float(model.get("temperature", 1.0))
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(
+            f"{where}: no readable operating point in its tbclf metadata ({error}); export it "
+            "again with `python -m tbclf export --ckpt_path best.ckpt`."
+        ) from None

@@ -11,7 +11,6 @@ Prediction(prob=0.93..., decision=1)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Sequence
@@ -28,7 +27,9 @@ from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.data.spec import InputSpec
 from tbclf.engine.provenance import model_record
 from tbclf.errors import ConfigError
+from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
 from tbclf.evaluation.probability import DECISION_RULE, decide, reported_probability
+from tbclf.io import file_sha256
 
 LABELS = {0: "healthy", 1: "TB"}
 MAX_MODEL_BYTES = 1 << 30  # no tbclf model is near this; a bigger file is not one of ours
@@ -56,14 +57,6 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, str]:
         return dict(self.__dict__)
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 class Predictor:
@@ -137,7 +130,9 @@ class OnnxPredictor(Predictor):
         self.path = Path(path)
         proto = _load_onnx(self.path)
         meta = export.read_metadata(proto)
-        missing = [k for k in (export.META_SPEC, export.META_THRESHOLD) if k not in meta]
+        has_point = export.META_OPERATING_POINT in meta or export.META_THRESHOLD in meta
+        missing = [k for k in (export.META_SPEC,) if k not in meta]
+        missing += [] if has_point else [export.META_OPERATING_POINT]
         if missing:
             raise ConfigError(
                 f"{self.path} is an ONNX model without tbclf metadata ({', '.join(missing)}); "
@@ -145,12 +140,12 @@ class OnnxPredictor(Predictor):
             )
         try:
             self.spec = InputSpec.from_dict(json.loads(meta[export.META_SPEC]), where=str(path))
-            self.threshold = float(meta[export.META_THRESHOLD])
             run = json.loads(meta.get(export.META_RUN) or "{}")
             model = json.loads(meta.get(export.META_MODEL) or "{}")
-            source = json.loads(meta.get(export.META_THRESHOLD_SOURCE) or "{}")
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{self.path}: unreadable tbclf metadata ({error}).") from None
+        self.operating_point = export.metadata_operating_point(meta, str(self.path))
+        self.threshold = self.operating_point.threshold
         self.tta = bool(model.get("tta", False))
         if tta is not None and bool(tta) != self.tta:
             raise ConfigError(
@@ -161,20 +156,17 @@ class OnnxPredictor(Predictor):
         self.session = export.ort_session(proto.SerializeToString(), threads)
         self.info = ModelInfo(
             name=run.get("run") or self.path.stem,
-            version=_file_hash(self.path),
+            version=file_sha256(self.path)[:12],
             format="onnx",
             architecture=" ".join(str(v) for v in (model.get("class"), model.get("backbone")) if v),
             tbclf_version=meta.get(export.META_VERSION, "?"),
             quantization=meta.get(export.META_QUANT, "none"),
         )
         self.record = {
-            "threshold": self.threshold,
-            "threshold_source": {
-                **({"source": "validation"} if not source else source),
-                "model_file": str(self.path.resolve()),
-            },
+            OPERATING_POINT_KEY: self.operating_point.with_details(
+                model_file=str(self.path.resolve())
+            ).to_dict(),
             "decision_rule": DECISION_RULE,
-            "temperature": float(model.get("temperature", 1.0)),
             "tta": self.tta,
             "model_class": model.get("class_path") or model.get("class"),
             "input_spec": self.spec.to_dict(),
@@ -233,7 +225,7 @@ class TorchPredictor(Predictor):
         model = model_description(self.model)
         self.info = ModelInfo(
             name=f"{run_dir.parent.name}/{run_dir.name}" if run_dir else self.path.stem,
-            version=_file_hash(self.path),
+            version=file_sha256(self.path)[:12],
             format="ckpt",
             architecture=" ".join(str(v) for v in (model["class"], model["backbone"]) if v),
             tbclf_version=tbclf.__version__,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -24,6 +25,19 @@ from tbclf.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+_HASH_BLOCK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (hashlib releases the GIL on
+    them, so threads hashing several files overlap): tbclf's one file hash (image identity
+    and cache keys, download records, checkpoint and model versions). OSError propagates."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -45,7 +45,7 @@ def test_cv_trains_a_run_per_fold_and_pools_out_of_fold_predictions(tmp_path: Pa
                    "--out", str(tmp_path / "ens")], cwd=tmp_path)  # fmt: skip
     assert ens.returncode == 0, ens.stderr[-4000:]
     sidecar = json.loads((tmp_path / "ens" / "predictions.json").read_text())
-    assert sidecar["threshold_source"]["source"] == "out-of-fold"
+    assert sidecar["operating_point"]["source"] == "out-of-fold"
     assert sidecar["ensemble"]["members"] == summary["members"]
     assert (tmp_path / "ens" / "report" / "report.md").is_file()
 
@@ -67,6 +67,6 @@ def test_one_recipe_fitted_with_two_seeds_ensembles_on_their_shared_validation_s
     where = ["--predict_root", str(tmp_path / "data"), "--out", str(tmp_path / "ens")]
     ens = run_cli(["ensemble", *members, "--tta", "true", *where], cwd=tmp_path)
     assert ens.returncode == 0, ens.stderr[-4000:]
-    source = json.loads((tmp_path / "ens" / "predictions.json").read_text())["threshold_source"]
+    source = json.loads((tmp_path / "ens" / "predictions.json").read_text())["operating_point"]
     assert source["source"] == "ensemble validation"
     assert source["split_file"] == str(ckpts[0].parent.parent / "split.json")

@@ -15,10 +15,11 @@ from tbclf.commands import run_command
 from tbclf.data.layouts import discover
 from tbclf.data.spec import InputSpec
 from tbclf.engine.ensemble import record_batches
-from tbclf.engine.provenance import threshold_info_of
+from tbclf.engine.provenance import operating_point_of
 from tbclf.engine.scoring import score_loader
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
+from tbclf.evaluation.operating_point import KEY, LEGACY_CHECKPOINT_KEY
 from tbclf.evaluation.threshold import pick_threshold
 from tbclf.models import SimpleCNNClassifier
 from tbclf.models.loading import load_classifier
@@ -53,7 +54,7 @@ def test_the_copy_takes_the_sites_threshold_and_says_where_it_came_from(tmp_path
     copy = load_classifier(out)
     assert float(copy.threshold) == pytest.approx(expected)
     assert float(copy.temperature) == 1.0  # no --calibrate: the temperature stays
-    info = threshold_info_of(copy, str(out))
+    info = operating_point_of(copy, str(out)).to_dict()
     assert info["source"] == "site validation" and info["n_tb"] == 12 and info["checkpoint"]
     assert "chosen again on 12 TB and 12 healthy" in info["description"]
     assert "fewer than 20 images" in capsys.readouterr().out
@@ -61,10 +62,12 @@ def test_the_copy_takes_the_sites_threshold_and_says_where_it_came_from(tmp_path
     onnx_path = run_command("export", ["--ckpt_path", str(out), "--out",
                                        str(tmp_path / "m.onnx")])["onnx"]  # fmt: skip
     meta = export.read_metadata(onnx.load(onnx_path))
-    assert float(meta[export.META_THRESHOLD]) == pytest.approx(expected)
-    assert json.loads(meta[export.META_THRESHOLD_SOURCE])["source"] == "site validation"
+    point = export.metadata_operating_point(meta, str(onnx_path))
+    assert point.threshold == pytest.approx(expected) and point.source == "site validation"
+    assert json.loads(meta[export.META_OPERATING_POINT])["n_tb"] == 12  # under one key
+    assert export.META_THRESHOLD not in meta and export.META_THRESHOLD_SOURCE not in meta
     # The original still says its threshold came from its run's validation split.
-    assert threshold_info_of(load_classifier(src))["source"] == "validation"
+    assert operating_point_of(load_classifier(src)).source == "validation"
 
 
 def test_calibrate_refits_the_temperature_on_the_site(tmp_path):
@@ -101,18 +104,27 @@ def test_bad_requests_are_refused_and_nothing_is_overwritten(tmp_path):
     assert not (tmp_path / "x.ckpt").exists()
 
 
-def test_lightning_restores_and_saves_the_record_and_a_new_validation_forgets_it():
-    from tbclf.models.loading import THRESHOLD_SOURCE_KEY
-
+@pytest.mark.parametrize("key", [KEY, LEGACY_CHECKPOINT_KEY])
+def test_lightning_restores_and_saves_the_record_and_a_new_validation_forgets_it(key):
     model = SimpleCNNClassifier(channels=[4], kernel_sizes=[3], head=[4], image_size=32)
     record = {"source": "site validation", "n_tb": 3, "description": "x", "bad": [1]}
-    model.on_load_checkpoint({THRESHOLD_SOURCE_KEY: record, "state_dict": {}})
-    assert model.threshold_source == {"source": "site validation", "n_tb": 3, "description": "x"}
+    if key == KEY:  # the record; the older files' key holds the origin alone
+        record.update(threshold=0.3, strategy="sensitivity", target_sensitivity=0.9)
+    state = {"threshold": torch.tensor(0.3), "temperature": torch.tensor(1.5)}
+    model.on_load_checkpoint({key: record, "state_dict": state})
+    point = model.recorded_operating_point
+    assert (point.source, point.details, point.description) == (
+        "site validation",
+        {"n_tb": 3},
+        "x",  # the list is not a plain value: dropped
+    )
+    assert (point.threshold, point.temperature) == (pytest.approx(0.3), 1.5)
     saved = {"hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(saved)
-    assert saved[THRESHOLD_SOURCE_KEY]["n_tb"] == 3
+    assert saved[KEY]["n_tb"] == 3 and LEGACY_CHECKPOINT_KEY not in saved
     model._collected["val"] = [{"id": ["a", "b"], "source": ["", ""], "view": ["", ""],
                                 "logit": np.array([0.1, 2.0], np.float32), "index": None,
                                 "label": np.array([0.0, 1.0], np.float32)}]  # fmt: skip
     model._epoch_end("val")
-    assert model.threshold_source is None  # this run's validation chose the threshold again
+    assert model.recorded_operating_point is None  # this run's validation chose it again
+    assert model.operating_point().source == "validation"

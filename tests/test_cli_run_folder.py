@@ -201,7 +201,7 @@ def test_predict_with_tta_averages_the_views_and_records_it(run, tmp_path: Path)
     # The run's fitted temperature is in the checkpoint and in the predictions' record.
     assert model.hparams.calibrate is True and float(model.temperature) != 1.0
     assert sidecar["tta"] is True
-    assert sidecar["temperature"] == pytest.approx(float(model.temperature))
+    assert sidecar["operating_point"]["temperature"] == pytest.approx(float(model.temperature))
     _, rows = read_output_csv(out)
     paths = {p.stem: p for p in (base / "data" / "sb").rglob("*.png")}
     for row in rows[:4]:

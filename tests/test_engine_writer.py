@@ -38,8 +38,12 @@ def test_sidecar_records_threshold_model_and_spec(tmp_path):
     out = tmp_path / "preds.csv"
     model = _predict(tmp_path, PredictionWriter(output=str(out)), threshold=0.4321)
     sidecar = json.loads((tmp_path / "preds.json").read_text())
-    assert sidecar["threshold"] == pytest.approx(float(model.threshold))
-    assert sidecar["threshold_source"] == {"source": "validation", "strategy": "youden"}
+    assert sidecar["operating_point"] == {
+        "source": "validation",
+        "strategy": "youden",
+        "threshold": pytest.approx(float(model.threshold)),
+        "temperature": 1.0,
+    }
     assert sidecar["model_class"] == "tbclf.models.classifiers.SimpleCNNClassifier"
     assert sidecar["input_spec"] == model.input_spec.to_dict()
     assert sidecar["tbclf_version"] == tbclf.__version__
@@ -57,7 +61,8 @@ def test_an_existing_sidecar_is_not_overwritten(tmp_path):
     assert (tmp_path / "predictions.json").read_text() == "{}"
     assert not (tmp_path / "predictions.csv").exists()
     _predict(tmp_path, PredictionWriter(str(tmp_path / "predictions.csv"), overwrite=True), 0.5)
-    assert json.loads((tmp_path / "predictions.json").read_text())["threshold"] == 0.5
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert saved["operating_point"]["threshold"] == 0.5
     with pytest.raises(ConfigError, match=r"\.json"):
         _predict(tmp_path, PredictionWriter(output=str(tmp_path / "p.json")), 0.5)
 

@@ -47,14 +47,18 @@ def test_ensemble_of_two_checkpoints_gives_the_mean_of_their_probabilities(tmp_p
     for row in records:
         mean = (by_id[0][row["ID"]] + by_id[1][row["ID"]]) / 2
         assert float(row["LABEL"]) == pytest.approx(mean, abs=2e-6)
-        assert int(row["DECISION"]) == int(float(row["LABEL"]) >= info["threshold"])
+        assert int(row["DECISION"]) == int(
+            float(row["LABEL"]) >= info["operating_point"]["threshold"]
+        )
     assert not np.isclose(by_id[0][records[0]["ID"]], by_id[1][records[0]["ID"]])
-    assert info["threshold"] == pytest.approx(0.4)  # no validation folder: members' mean
+    assert info["operating_point"]["threshold"] == pytest.approx(
+        0.4
+    )  # no validation folder: members' mean
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert saved["ensemble"]["members"] == [str(a), str(b)]
-    assert saved["threshold"] == pytest.approx(0.4) and saved["threshold_source"]["source"] == (
-        "members"
-    )
+    assert saved["operating_point"]["threshold"] == pytest.approx(0.4) and saved["operating_point"][
+        "source"
+    ] == ("members")
     # Labelled images: the report `test` writes, read from the same sidecar.
     report = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "At threshold 0.40 (the mean of the members' validation thresholds" in report
@@ -69,10 +73,10 @@ def test_ensemble_threshold_and_temperature_come_from_validation(tmp_path):
             "--val_root", str(val), "--calibrate", "true", "--tta", "true",
             "--out", str(tmp_path / "out")]  # fmt: skip
     info = ensemble_main(args)
-    assert info["threshold_source"]["source"] == "ensemble validation"
+    assert info["operating_point"]["source"] == "ensemble validation"
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
-    assert str(val) in saved["threshold_source"]["description"]
-    assert info["temperature"] > 0 and "after_ece" in info["val"]
+    assert str(val) in saved["operating_point"]["description"]
+    assert info["operating_point"]["temperature"] > 0 and "after_ece" in info["val"]
     with pytest.raises(ConfigError, match="predictions.csv"):
         ensemble_main(args)  # never overwrites without --overwrite
     ensemble_main([*args, "--overwrite", "true"])
@@ -118,15 +122,15 @@ def test_a_cv_group_is_an_ensemble_thresholded_on_its_out_of_fold_predictions(tm
                           "--out", str(tmp_path / "out")])  # fmt: skip
     expected = pick_threshold([float(r[3]) for r in oof], [int(r[5]) for r in oof],
                               "sensitivity", 0.9)  # fmt: skip
-    assert info["threshold"] == pytest.approx(expected)
+    assert info["operating_point"]["threshold"] == pytest.approx(expected)
     assert info["members"] == [str(m) for m in members]
-    assert "out-of-fold" in info["threshold_source"]["description"]
+    assert "out-of-fold" in info["operating_point"]["description"]
     pair = ["--ckpt_path", str(members[0]), "--ckpt_path", str(members[1])]
     direct = ensemble_main([*pair, "--predict_root", str(data), "--out", str(tmp_path / "o2")])
     a = read_output_csv(tmp_path / "out" / "predictions.csv")[1]
     b = read_output_csv(tmp_path / "o2" / "predictions.csv")[1]
     assert [r["LABEL"] for r in a] == [r["LABEL"] for r in b]
-    assert direct["threshold_source"]["source"] == "members"
+    assert direct["operating_point"]["source"] == "members"
 
 
 def test_a_group_without_cv_json_or_with_moved_members_is_refused(tmp_path):
@@ -159,14 +163,14 @@ def test_members_sharing_a_validation_split_are_thresholded_on_it(tmp_path):
     info = ensemble_main([*pair, "--predict_root", str(data), "--out", str(tmp_path / "out"),
                           "--calibrate", "true"])  # fmt: skip
     val = ensemble_scores(load_members(members), split["val"])
-    temp = info["temperature"]
+    temp = info["operating_point"]["temperature"]
 
     prob = reported_probability(val["logit"], temp).numpy()
-    assert info["threshold"] == pytest.approx(
+    assert info["operating_point"]["threshold"] == pytest.approx(
         pick_threshold(prob, val["label"], "sensitivity", 0.9)
     )
-    assert info["threshold_source"]["split_file"].endswith("s1/version_0/split.json")
-    assert "validation split all members held out" in info["threshold_source"]["description"]
+    assert info["operating_point"]["split_file"].endswith("s1/version_0/split.json")
+    assert "validation split all members held out" in info["operating_point"]["description"]
     # Another split for one member: no shared validation set, so nothing to fit a temperature on.
     other = {"train": records[1::2], "val": records[::2], "test": []}
     save_split(members[1].parent.parent / "split.json", other, data, {"seed": 1})

@@ -49,6 +49,8 @@ def test_report_written_on_test_end_and_logged(tmp_path):
         "source": "validation",
         "strategy": "sensitivity",
         "target_sensitivity": 0.9,
+        "threshold": pytest.approx(0.4),
+        "temperature": 1.0,
     }
     assert (out / "roc.png").exists() and (out / "report.md").exists()
     assert len((out / "predictions.csv").read_text().splitlines()) == 25

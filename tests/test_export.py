@@ -45,7 +45,8 @@ def test_export_writes_checked_self_describing_onnx(runs, kind, capsys):
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, size, size]
     meta = export.read_metadata(proto)
     assert InputSpec.from_dict(json.loads(meta[export.META_SPEC])) == model.input_spec
-    assert float(meta[export.META_THRESHOLD]) == float(model.threshold)
+    point = export.metadata_operating_point(meta, "m.onnx")
+    assert point.threshold == float(model.threshold) and point.source == "validation"
     assert json.loads(meta[export.META_CLASSES])["labels"] == {"0": "healthy", "1": "TB"}
     assert meta[export.META_VERSION] == tbclf.__version__
     run = json.loads(meta[export.META_RUN])

@@ -134,13 +134,13 @@ def test_cli_predict_with_onnx_writes_the_same_csv_as_the_checkpoint(run, tmp_pa
     # the same sidecar: the threshold behind DECISION, its origin, the model and its input spec
     side_a = json.loads(ckpt_csv.with_suffix(".json").read_text())
     side_b = json.loads(onnx_csv.with_suffix(".json").read_text())
-    assert side_b["threshold"] == pytest.approx(side_a["threshold"], abs=1e-7)
+    point_a, point_b = side_a["operating_point"], side_b["operating_point"]
+    assert point_b["threshold"] == pytest.approx(point_a["threshold"], abs=1e-7)
     assert side_b["n"] == side_a["n"] == 41 and side_b["predictions_csv"] == onnx_csv.name
     for key in ("decision_rule", "model_class", "input_spec", "tbclf_version"):
         assert side_b[key] == side_a[key], key
-    source_a, source_b = side_a["threshold_source"], side_b["threshold_source"]
-    assert source_b["strategy"] == source_a["strategy"] and source_b["source"] == "validation"
-    assert source_b["model_file"] == str(Path(run["onnx"]).resolve())
+    assert point_b["strategy"] == point_a["strategy"] and point_b["source"] == "validation"
+    assert point_b["model_file"] == str(Path(run["onnx"]).resolve())
     # ... which `report` reads instead of inferring the threshold from DECISION
     report_out = tmp_path / "report_onnx"
     labels = tmp_path / "labels.csv"  # the extra image has no class folder: label it here
@@ -149,7 +149,7 @@ def test_cli_predict_with_onnx_writes_the_same_csv_as_the_checkpoint(run, tmp_pa
     done = run_cli([*report_cmd, "--out", str(report_out)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((report_out / "metrics.json").read_text())
-    assert metrics["threshold"] == pytest.approx(side_a["threshold"])
+    assert metrics["threshold"] == pytest.approx(point_a["threshold"])
     assert metrics["threshold_info"]["from"].endswith("onnx.json")
     # same overwrite rule: an existing CSV (or its sidecar) stops the run, untouched
     before = onnx_csv.read_bytes()

@@ -29,12 +29,13 @@ from tbclf.engine.ensemble import (
     shared_validation,
 )
 from tbclf.engine.predictions import write_predictions
-from tbclf.engine.provenance import DECISION_RULE
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
-from tbclf.evaluation.probability import reported_probability
+from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
+from tbclf.evaluation.operating_point import OperatingPoint, choose_operating_point
+from tbclf.evaluation.probability import DECISION_RULE, decide, reported_probability
 from tbclf.evaluation.roc import auroc
-from tbclf.evaluation.threshold import goal_text, pick_threshold
+from tbclf.evaluation.threshold import goal_text
 from tbclf.io import check_can_write
 
 OUTPUTS = ("predictions.csv", "predictions.json", "report")
@@ -82,8 +83,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "members": [str(p) for p in paths],
         "member_thresholds": [float(m.threshold) for m in models],
         "tta": args.tta,
-        "temperature": 1.0,
     }
+    temperature = 1.0
+    strategy, target = first.threshold_strategy, first.target_sensitivity
     shared = None if args.val_root else shared_validation(paths)
     if args.calibrate and not (args.val_root or shared):
         raise ConfigError(
@@ -96,20 +98,24 @@ def main(argv: list[str]) -> dict[str, Any]:
                 discover(Path(args.val_root)),
                 f"the labelled images in {args.val_root}",
             )
-            origin = {"source": "ensemble validation", "val_root": str(args.val_root)}
+            chosen_on = {"val_root": str(args.val_root)}
         else:
             records, split_json = shared
             where = f"the validation split all members held out ({split_json})"
-            origin = {"source": "ensemble validation", "split_file": str(split_json)}
+            chosen_on = {"split_file": str(split_json)}
         val = ensemble_scores(models, records, args.tta, args.batch_size)
         if args.calibrate:
-            info["temperature"] = cal.fit_temperature(val["logit"], val["label"])
-        val_prob = reported_probability(val["logit"], info["temperature"]).numpy()
-        threshold = pick_threshold(
-            val_prob, val["label"], first.threshold_strategy, first.target_sensitivity
-        )
-        origin["description"] = (
-            f"chosen on the ensemble's own predictions for {where}{_goal(first)}"
+            temperature = cal.fit_temperature(val["logit"], val["label"])
+        val_prob = reported_probability(val["logit"], temperature).numpy()
+        point = choose_operating_point(
+            val_prob,
+            val["label"],
+            strategy,
+            target,
+            source="ensemble validation",
+            description=f"chosen on the ensemble's own predictions for {where}{_goal(first)}",
+            temperature=temperature,
+            **chosen_on,
         )
         info["val_auroc"] = auroc(val_prob.tolist(), val["label"].tolist())
         info["val"] = {
@@ -118,30 +124,35 @@ def main(argv: list[str]) -> dict[str, Any]:
         }
     elif args.group:
         oof = oof_scores(args.group)
-        threshold = pick_threshold(
-            oof["prob"], oof["label"], first.threshold_strategy, first.target_sensitivity
+        point = choose_operating_point(
+            oof["prob"],
+            oof["label"],
+            strategy,
+            target,
+            source="out-of-fold",
+            description=f"chosen on the pooled out-of-fold predictions of {args.group} (each "
+            f"image scored by the fold model that never saw it){_goal(first)}; single models, "
+            "not the ensemble: --val_root picks it on the ensemble's own",
+            group=str(args.group),
         )
-        origin = {"source": "out-of-fold", "group": str(args.group),
-                  "description": f"chosen on the pooled out-of-fold predictions of {args.group} "
-                  f"(each image scored by the fold model that never saw it){_goal(first)}; "
-                  "single models, not the ensemble: --val_root picks it on the ensemble's "
-                  "own"}  # fmt: skip
     else:
-        threshold = float(np.mean(info["member_thresholds"]))
-        origin = {"source": "members",
-                  "description": "the mean of the members' validation thresholds (no --val_root "
-                  "given)"}  # fmt: skip
-    origin.update(strategy=first.threshold_strategy, target_sensitivity=first.target_sensitivity)
+        point = OperatingPoint(
+            threshold=float(np.mean(info["member_thresholds"])),
+            strategy=strategy,
+            target_sensitivity=target if strategy == "sensitivity" else None,
+            source="members",
+            description="the mean of the members' validation thresholds (no --val_root given)",
+        )
+    threshold = point.threshold
     scores = ensemble_scores(models, discover_predict(Path(args.predict_root)), args.tta,
                              args.batch_size)  # fmt: skip
-    prob = reported_probability(scores["logit"], info["temperature"]).numpy()
+    prob = reported_probability(scores["logit"], point.temperature).numpy()
     rows = [
-        (i, float(p), int(p >= threshold), None if np.isnan(y) else int(y))
+        (i, float(p), int(decide(p, threshold)), None if np.isnan(y) else int(y))
         for i, p, y in zip(scores["id"], prob, scores["label"], strict=True)
     ]
     record = {
-        "threshold": float(threshold),
-        "threshold_source": origin,
+        OPERATING_POINT_KEY: point.to_dict(),
         "decision_rule": DECISION_RULE,
         "model_class": f"ensemble of {len(models)} {type(first).__name__}",
         "input_spec": first.input_spec.to_dict(),
@@ -154,7 +165,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
         report_from_csv(path, out / "report", overwrite=True)
         print(f"report written to {out / 'report' / 'report.md'}")
-    return {**info, "threshold": float(threshold), "threshold_source": origin}
+    return {**info, OPERATING_POINT_KEY: point.to_dict()}
 
 
 def _goal(model: Any) -> str:

@@ -26,14 +26,15 @@ from tbclf.engine.scoring import score_loader
 from tbclf.errors import ConfigError
 from tbclf.evaluation import calibration as cal
 from tbclf.evaluation.intervals import proportion_ci
+from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
+from tbclf.evaluation.operating_point import LEGACY_CHECKPOINT_KEY, choose_operating_point
 from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.threshold import (
     STRATEGIES,
     goal_text,
-    pick_threshold,
     sensitivity_specificity,
 )
-from tbclf.models.loading import THRESHOLD_SOURCE_KEY, load_classifier, read_checkpoint
+from tbclf.models.loading import load_classifier, read_checkpoint
 
 # Below this many images of a class the chosen point is mostly noise: say so.
 FEW = 20
@@ -88,29 +89,33 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     prob = reported_probability(raw["logit"], temperature).numpy()
     old_prob = reported_probability(raw["logit"], old_temperature).numpy()
-    threshold = pick_threshold(prob, raw["label"], strategy, target)
+    goal = goal_text(strategy, target)
+    point = choose_operating_point(
+        prob,
+        raw["label"],
+        strategy,
+        target,
+        source="site validation",
+        description=f"chosen again on {n_tb} TB and {n_healthy} healthy labelled images in "
+        f"{args.val_root}{goal} (tbclf rethreshold of {src.name}; the model's validation "
+        f"threshold was {old_threshold:.4g})",
+        temperature=temperature,
+        val_root=str(args.val_root),
+        n_tb=n_tb,
+        n_healthy=n_healthy,
+        from_checkpoint=str(src),
+        temperature_refit=bool(args.calibrate),
+    )
+    threshold = point.threshold
     sens, spec = sensitivity_specificity(prob, raw["label"], threshold)
     old_sens, old_spec = sensitivity_specificity(old_prob, raw["label"], old_threshold)
 
-    goal = goal_text(strategy, target)
-    origin = {
-        "source": "site validation",
-        "val_root": str(args.val_root),
-        "n_tb": n_tb,
-        "n_healthy": n_healthy,
-        "strategy": strategy,
-        "target_sensitivity": float(target),
-        "from_checkpoint": str(src),
-        "temperature_refit": bool(args.calibrate),
-        "description": f"chosen again on {n_tb} TB and {n_healthy} healthy labelled images "
-        f"in {args.val_root}{goal} (tbclf rethreshold of {src.name}; the model's validation "
-        f"threshold was {old_threshold:.4g})",
-    }
     checkpoint = read_checkpoint(src, cached=False)
     state = checkpoint["state_dict"]
     state["threshold"] = state["threshold"].new_tensor(threshold)
     state["temperature"] = state["temperature"].new_tensor(temperature)
-    checkpoint[THRESHOLD_SOURCE_KEY] = origin
+    checkpoint.pop(LEGACY_CHECKPOINT_KEY, None)
+    checkpoint[OPERATING_POINT_KEY] = point.to_dict()
     AtomicCheckpointIO().save_checkpoint(checkpoint, out)
 
     result = {
@@ -125,7 +130,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "site_specificity_before": old_spec,
         "sensitivity_ci": proportion_ci(round(sens * n_tb), n_tb),
         "specificity_ci": proportion_ci(round(spec * n_healthy), n_healthy),
-        **{k: origin[k] for k in ("n_tb", "n_healthy")},
+        "n_tb": n_tb,
+        "n_healthy": n_healthy,
+        "operating_point": point.to_dict(),
     }
     print(
         f"{out}: threshold {old_threshold:.4f} -> {threshold:.4f} on {n_tb} TB / {n_healthy} "

@@ -24,8 +24,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from tbclf.data.download_manifest import DownloadManifest, file_sha256
+from tbclf.data.download_manifest import DownloadManifest
 from tbclf.errors import ConfigError, DataError
+from tbclf.io import file_sha256
 
 DEFAULT_BASE_URLS: tuple[str, ...] = ("https://openi.nlm.nih.gov/imgs/collections/",)
 LANDING_PAGE = "https://data.lhncbc.nlm.nih.gov/public/Tuberculosis-Chest-X-ray-Datasets/"

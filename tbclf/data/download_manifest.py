@@ -9,7 +9,6 @@ serving another file or an archive changed on disk is then an error instead of n
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -17,21 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tbclf.errors import DataError
-from tbclf.io import atomic_write_json
+from tbclf.io import atomic_write_json, file_sha256
 
 MANIFEST_NAME = ".tbclf-download-manifest.json"
 FORMAT = 1
 _MAX_BYTES = 1 << 20  # a manifest lists a few archives; anything bigger is not ours
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -96,7 +86,7 @@ class DownloadManifest:
 
     def record(self, filename: str, archive: Path, url: str) -> Recorded:
         """Add ``archive`` (a complete download) under ``filename`` and write the manifest."""
-        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         entry = Recorded(archive.stat().st_size, file_sha256(archive), url, now.isoformat())
         self.entries[filename] = entry
         atomic_write_json(self.path, self._as_json())

@@ -9,7 +9,6 @@ whatever order the records arrive in (and, without links, the same split as befo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import numpy as np
 
 from tbclf.data.records import Record
 from tbclf.errors import ConfigError, DataError
-from tbclf.io import atomic_write_text
+from tbclf.io import atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,11 @@ Split = dict[str, list[Record]]
 # --------------------------------------------------------------------------- hashing
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of the file bytes: the identity used for duplicates and cache keys."""
+def image_sha256(path: Path) -> str:
+    """sha256 of an image file's bytes (the identity used for duplicates and cache keys), with
+    errors that name the image."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         raise DataError(f"Image {path} does not exist (was it moved during the run?).") from None
     except OSError as exc:
@@ -84,7 +83,7 @@ def hash_files(
     if todo:
         # hashlib releases the GIL on large buffers, so threads overlap disk reads and hashing.
         with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-            for p, digest in zip(todo, pool.map(file_sha256, todo), strict=True):
+            for p, digest in zip(todo, pool.map(image_sha256, todo), strict=True):
                 out[p] = digest
         if memo_file is not None:
             for p in todo:

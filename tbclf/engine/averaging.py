@@ -21,9 +21,10 @@ from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 from tbclf.errors import ConfigError
+from tbclf.models.checkpoint_format import BUFFERS
 
 # Buffers chosen on validation rather than learned: never averaged into a checkpoint.
-CHOSEN_BUFFERS = ("threshold", "temperature")
+CHOSEN_BUFFERS = BUFFERS
 
 
 class _KeepsChosenBuffers(WeightAveraging):

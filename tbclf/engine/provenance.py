@@ -1,4 +1,4 @@
-"""What is known about a model's threshold and inputs, for the files that outlive the run.
+"""What is known about a model's operating point and inputs, for the files that outlive the run.
 
 The report and the predictions sidecar both state where the threshold came from; they take it
 from here so the two never disagree.
@@ -11,27 +11,28 @@ from typing import Any
 import pytorch_lightning as pl
 
 import tbclf
+from tbclf.evaluation.operating_point import KEY, OperatingPoint
 from tbclf.evaluation.probability import DECISION_RULE
 
 
-def threshold_info_of(
+def operating_point_of(
     pl_module: pl.LightningModule, checkpoint: str | None = None
-) -> dict[str, Any]:
-    """How the module's threshold was chosen: on validation, with the module's strategy and
-    target (its hyperparameters), and the checkpoint it was read from when known; or, for a
-    threshold re-picked on a site's images (`tbclf rethreshold`), what the checkpoint records."""
-    recorded = getattr(pl_module, "threshold_source", None)
-    if recorded:
-        return {**recorded, **({"checkpoint": str(checkpoint)} if checkpoint else {})}
-    out: dict[str, Any] = {"source": "validation"}
-    strategy = getattr(pl_module, "threshold_strategy", None)
-    if strategy is not None:
-        out["strategy"] = str(strategy)
-        if strategy == "sensitivity":
-            out["target_sensitivity"] = float(getattr(pl_module, "target_sensitivity", 0.9))
-    if checkpoint:
-        out["checkpoint"] = str(checkpoint)
-    return out
+) -> OperatingPoint:
+    """The module's operating point (how its threshold was chosen: on validation with its
+    strategy and target, or what its checkpoint records, e.g. a site's re-pick), with the
+    checkpoint it was read from when known."""
+    getter = getattr(pl_module, "operating_point", None)
+    if callable(getter):
+        op = getter()
+    else:  # a bare module with a threshold: nothing records how it was chosen
+        op = OperatingPoint(
+            threshold=module_threshold(pl_module),
+            strategy="unknown",
+            target_sensitivity=None,
+            source="unknown",
+            temperature=float(getattr(pl_module, "temperature", 1.0)),
+        )
+    return op.with_details(checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def module_threshold(pl_module: pl.LightningModule) -> float:
@@ -42,15 +43,13 @@ def module_threshold(pl_module: pl.LightningModule) -> float:
 def model_record(
     pl_module: pl.LightningModule, checkpoint: str | None, tta: bool
 ) -> dict[str, Any]:
-    """Threshold, its origin, temperature, TTA, model class, input spec and tbclf version, as
-    JSON-ready data."""
+    """The operating point, TTA, model class, input spec and tbclf version, as JSON-ready
+    data (the predictions sidecar's account of the model)."""
     cls = type(pl_module)
     spec = getattr(pl_module, "input_spec", None)
     return {
-        "threshold": module_threshold(pl_module),
-        "threshold_source": threshold_info_of(pl_module, checkpoint),
+        KEY: operating_point_of(pl_module, checkpoint).to_dict(),
         "decision_rule": DECISION_RULE,
-        "temperature": float(getattr(pl_module, "temperature", 1.0)),
         "tta": bool(tta),
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "input_spec": spec.to_dict() if spec is not None else None,

@@ -15,7 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from tbclf.engine.provenance import model_record, module_threshold, threshold_info_of
+from tbclf.engine.provenance import model_record, module_threshold, operating_point_of
 from tbclf.engine.rundir import run_dir_of
 from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.report import sidecar_path, write_report
@@ -135,7 +135,7 @@ class ReportCallback(Callback):
             ids=_column(outputs, "id", keep),
             views=_column(outputs, "view", keep),
             held_out=_held_out(trainer),
-            threshold_info=threshold_info_of(pl_module, trainer.ckpt_path),
+            threshold_info=operating_point_of(pl_module, trainer.ckpt_path).to_dict(),
             before_temperature=_before_temperature(pl_module, outputs, keep),
             n_boot=self.n_boot,
             seed=self.seed,

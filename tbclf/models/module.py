@@ -4,13 +4,13 @@ Subclasses only build ``self.input_adapter`` (gray [0,1] -> network input) and `
 (network input -> (B, 1) logits); loss, optimizer, metrics and the operating threshold live here.
 
 The operating threshold is chosen on the validation set at the end of each validation epoch
-(``tbclf.evaluation.threshold.pick_threshold``) and kept in the ``threshold`` buffer, so the
-checkpoint that ModelCheckpoint keeps for the best ``val/auroc`` carries the threshold picked on
-that same epoch; test metrics and predictions use it unchanged. With ``calibrate`` a
-temperature is fitted on the same validation logits (``temperature`` buffer, 1 = none) and every
-probability the model reports is ``sigmoid(logit / temperature)``; the threshold is picked on
-those calibrated probabilities, so decisions are unchanged by it. P(TB) and the decision go
-through :mod:`tbclf.evaluation.probability`, as in every other consumer.
+(``tbclf.evaluation.operating_point.choose_operating_point``) and kept in the ``threshold``
+buffer, so the checkpoint that ModelCheckpoint keeps for the best ``val/auroc`` carries the
+threshold picked on that same epoch; test metrics and predictions use it unchanged. With
+``calibrate`` a temperature is fitted on the same validation logits (``temperature`` buffer, 1
+= none) and every probability the model reports is ``sigmoid(logit / temperature)``; the
+threshold is picked on those calibrated probabilities, so decisions are unchanged by it. P(TB)
+and the decision go through :mod:`tbclf.evaluation.probability`, as in every other consumer.
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ from torch import nn
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
 from tbclf.evaluation.metrics import point_metrics
+from tbclf.evaluation.operating_point import KEY, OperatingPoint, choose_operating_point
 from tbclf.evaluation.probability import DTYPE, decide, reported_logit, reported_probability
-from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES, pick_threshold
+from tbclf.evaluation.threshold import DEFAULT_THRESHOLD, STRATEGIES
+from tbclf.models.checkpoint_format import (
+    checkpoint_operating_point,
+    fill_missing_buffers,
+    register,
+)
 from tbclf.models.tta import prob_to_logit, tta_probs
 
 SCHEDULERS = ("cosine", "plateau", "none")
@@ -65,6 +71,10 @@ class TBClassifier(pl.LightningModule):
 
     input_adapter: nn.Module
     net: nn.Module
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register(cls)  # a checkpoint may name it (tbclf's own classes only)
 
     def __init__(
         self,
@@ -113,9 +123,9 @@ class TBClassifier(pl.LightningModule):
         # set by the CLI only: a run-time choice, not a hyperparameter. Library calls pass
         # `tta` explicitly (score_logits, predict_proba).
         self.tta = False
-        # Where the threshold came from when it was re-picked after training (`tbclf
-        # rethreshold`); None: chosen on this run's validation split.
-        self.threshold_source: dict[str, Any] | None = None
+        # How the threshold was chosen, as its checkpoint records it (e.g. re-picked on a
+        # site's images by `tbclf rethreshold`); None: on this run's validation split.
+        self.recorded_operating_point: OperatingPoint | None = None
         self.threshold_strategy = threshold_strategy
         self.target_sensitivity = float(target_sensitivity)
         self.channels_last = bool(channels_last)
@@ -170,10 +180,19 @@ class TBClassifier(pl.LightningModule):
                 **hparams,
                 "_class_path": f"{cls.__module__}.{cls.__qualname__}",
             }
-        if self.threshold_source:
-            from tbclf.models.loading import THRESHOLD_SOURCE_KEY
+        checkpoint[KEY] = self.operating_point().to_dict()
 
-            checkpoint[THRESHOLD_SOURCE_KEY] = dict(self.threshold_source)
+    def operating_point(self) -> OperatingPoint:
+        """The threshold and temperature the model uses, with how the threshold was chosen."""
+        recorded = self.recorded_operating_point or OperatingPoint(
+            threshold=DEFAULT_THRESHOLD,
+            strategy=self.threshold_strategy,
+            target_sensitivity=(
+                self.target_sensitivity if self.threshold_strategy == "sensitivity" else None
+            ),
+            source="validation",
+        )
+        return recorded.with_threshold(float(self.threshold), float(self.temperature))
 
     def setup(self, stage: str) -> None:
         # Training: the data module's spec is what this model learns to see.
@@ -203,10 +222,8 @@ class TBClassifier(pl.LightningModule):
         return reported_probability(self.score_logits(images, tta), self.temperature)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from tbclf.models.loading import fill_missing_buffers, threshold_source
-
         fill_missing_buffers(checkpoint)
-        self.threshold_source = threshold_source(checkpoint)
+        self.recorded_operating_point = checkpoint_operating_point(checkpoint)
 
     def target_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (for Grad-CAM)."""
@@ -406,11 +423,16 @@ class TBClassifier(pl.LightningModule):
         if stage == "val":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # warned about below
-                chosen = pick_threshold(
-                    probs, labels, self.threshold_strategy, self.target_sensitivity
+                chosen = choose_operating_point(
+                    probs,
+                    labels,
+                    self.threshold_strategy,
+                    self.target_sensitivity,
+                    source="validation",
+                    temperature=float(self.temperature),
                 )
-            self.threshold.fill_(chosen)
-            self.threshold_source = None  # this run's validation split chose it
+            self.threshold.fill_(chosen.threshold)
+            self.recorded_operating_point = None  # this run's validation split chose it
         threshold = float(self.threshold)
         # Every rank holds the gathered outputs, so these values agree across ranks already.
         self.log(f"{stage}/threshold", threshold, sync_dist=True)
