@@ -49,3 +49,14 @@ def command_parser(
 
 
 REPLACE = "replace the outputs of an earlier run in --out"
+
+
+def add_tta(parser: ArgumentParser, note: str = "", optional: bool = False) -> None:
+    """The ``--tta`` flag: P(TB) averaged over the test-time views (``optional``: None means
+    "as the model file says", for exported models that carry the choice)."""
+    parser.add_argument(
+        "--tta",
+        type=bool | None if optional else bool,
+        default=None if optional else False,
+        help=f"average P(TB) over the test-time views{note}",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, command_parser
+from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, add_tta, command_parser
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 from tbclf.errors import ConfigError
 
@@ -32,9 +32,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         "--per_group", type=int, default=4, help="contact sheet: images per group (TP, FP, FN)"
     )
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument(
-        "--tta", type=bool, default=False, help="P(TB) averaged over the test-time views"
-    )
+    add_tta(parser)
     cfg = parser.parse_args(argv)
     images = Path(cfg.images).expanduser()
     if not images.exists():

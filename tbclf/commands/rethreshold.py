@@ -16,25 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tbclf.commands.common import CHECKPOINT, command_parser
-from tbclf.data.layouts import discover
-from tbclf.engine.checkpoint_io import AtomicCheckpointIO
-from tbclf.engine.ensemble import record_batches
-from tbclf.engine.scoring import score_loader
+from tbclf.engine.site_threshold import rethreshold_checkpoint
 from tbclf.errors import ConfigError
-from tbclf.evaluation import calibration as cal
-from tbclf.evaluation.intervals import proportion_ci
-from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
-from tbclf.evaluation.operating_point import LEGACY_CHECKPOINT_KEY, choose_operating_point
-from tbclf.evaluation.probability import reported_probability
-from tbclf.evaluation.threshold import (
-    STRATEGIES,
-    goal_text,
-    sensitivity_specificity,
-)
-from tbclf.models.loading import load_classifier, read_checkpoint
 
 # Below this many images of a class the chosen point is mostly noise: say so.
 FEW = 20
@@ -64,76 +48,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--out {out} is the input checkpoint; write the copy elsewhere.")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists; pass --overwrite true to replace it.")
-    model = load_classifier(src)
-    strategy = args.strategy or model.threshold_strategy
-    target = (
-        model.target_sensitivity if args.target_sensitivity is None else args.target_sensitivity
-    )
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy {strategy!r} is not one of {STRATEGIES}.")
-    if not 0.0 < target < 1.0:
-        raise ConfigError(f"--target_sensitivity {target}: give a fraction in (0, 1).")
-
-    records = discover(Path(args.val_root))
-    labels = np.array([r.label for r in records], dtype=np.float64)
-    n_tb, n_healthy = int((labels == 1).sum()), int((labels == 0).sum())
-    if n_tb == 0 or n_healthy == 0:
-        raise ConfigError(
-            f"--val_root {args.val_root}: {n_tb} TB and {n_healthy} healthy images; choosing a "
-            "threshold needs both."
-        )
-    raw = score_loader(model, record_batches([model], records, args.batch_size))
-    old_temperature, old_threshold = float(model.temperature), float(model.threshold)
-    temperature = (
-        cal.fit_temperature(raw["logit"], raw["label"]) if args.calibrate else old_temperature
-    )
-    prob = reported_probability(raw["logit"], temperature).numpy()
-    old_prob = reported_probability(raw["logit"], old_temperature).numpy()
-    goal = goal_text(strategy, target)
-    point = choose_operating_point(
-        prob,
-        raw["label"],
-        strategy,
-        target,
-        source="site validation",
-        description=f"chosen again on {n_tb} TB and {n_healthy} healthy labelled images in "
-        f"{args.val_root}{goal} (tbclf rethreshold of {src.name}; the model's validation "
-        f"threshold was {old_threshold:.4g})",
-        temperature=temperature,
-        val_root=str(args.val_root),
-        n_tb=n_tb,
-        n_healthy=n_healthy,
-        from_checkpoint=str(src),
-        temperature_refit=bool(args.calibrate),
-    )
-    threshold = point.threshold
-    sens, spec = sensitivity_specificity(prob, raw["label"], threshold)
-    old_sens, old_spec = sensitivity_specificity(old_prob, raw["label"], old_threshold)
-
-    checkpoint = read_checkpoint(src, cached=False)
-    state = checkpoint["state_dict"]
-    state["threshold"] = state["threshold"].new_tensor(threshold)
-    state["temperature"] = state["temperature"].new_tensor(temperature)
-    checkpoint.pop(LEGACY_CHECKPOINT_KEY, None)
-    checkpoint[OPERATING_POINT_KEY] = point.to_dict()
-    AtomicCheckpointIO().save_checkpoint(checkpoint, out)
-
-    result = {
-        "out": str(out),
-        "threshold": threshold,
-        "old_threshold": old_threshold,
-        "temperature": temperature,
-        "old_temperature": old_temperature,
-        "site_sensitivity": sens,
-        "site_specificity": spec,
-        "site_sensitivity_before": old_sens,
-        "site_specificity_before": old_spec,
-        "sensitivity_ci": proportion_ci(round(sens * n_tb), n_tb),
-        "specificity_ci": proportion_ci(round(spec * n_healthy), n_healthy),
-        "n_tb": n_tb,
-        "n_healthy": n_healthy,
-        "operating_point": point.to_dict(),
-    }
+    result = rethreshold_checkpoint(
+        src, Path(args.val_root), out, args.strategy, args.target_sensitivity, args.calibrate,
+        args.batch_size,
+    )  # fmt: skip
+    old_threshold, threshold = result["old_threshold"], result["threshold"]
+    n_tb, n_healthy = result["n_tb"], result["n_healthy"]
+    old_sens, sens = result["site_sensitivity_before"], result["site_sensitivity"]
+    old_spec, spec = result["site_specificity_before"], result["site_specificity"]
     print(
         f"{out}: threshold {old_threshold:.4f} -> {threshold:.4f} on {n_tb} TB / {n_healthy} "
         f"healthy images of {args.val_root}; there sensitivity {old_sens:.2f} -> {sens:.2f}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, command_parser
+from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, add_tta, command_parser
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 
 
@@ -60,9 +60,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--max_images", type=int | None, default=None, help="first N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument(
-        "--tta", type=bool, default=False, help="P(TB) averaged over the test-time views"
-    )
+    add_tta(parser)
     cfg = parser.parse_args(argv)
     model = load_classifier(cfg.ckpt_path)
     matched = match_boxes(discover_predict(Path(cfg.images)), read_boxes(cfg.boxes), cfg.unmatched)

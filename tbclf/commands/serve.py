@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tbclf.commands.common import command_parser
+from tbclf.commands.common import add_tta, command_parser
 
 
 def main(argv: list[str]) -> None:
@@ -30,12 +30,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads per call (.onnx models)"
     )
-    parser.add_argument(
-        "--tta",
-        type=bool | None,
-        default=None,
-        help="average P(TB) over the test-time views (.ckpt; an .onnx has it as exported)",
-    )
+    add_tta(parser, " (.ckpt; an .onnx has it as exported)", optional=True)
     parser.add_argument(
         "--limit_concurrency",
         type=int,
