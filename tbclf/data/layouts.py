@@ -27,13 +27,10 @@ from pathlib import Path, PurePosixPath
 
 from tbclf.data import dicom, path_list
 from tbclf.data.imageio import SNIFF_BYTES, sniff_format
-from tbclf.data.records import HEALTHY, TB, Record
+from tbclf.data.records import HEALTHY, IMAGE_EXTENSIONS, TB, Record
 from tbclf.errors import ConfigError, DataError
 
 LAYOUTS = ("auto", "nlm", "zindi", "folders")
-IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom",
-)  # fmt: skip
 FORMATS_TEXT = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
 # Files that sit beside X-rays in public sets and exports; not worth a warning when skipped.
 COMPANION_EXTENSIONS = (

@@ -14,7 +14,7 @@ import io
 from collections import Counter
 from pathlib import Path, PurePath
 
-from tbclf.data.records import Record
+from tbclf.data.records import IMAGE_EXTENSIONS, Record
 from tbclf.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".lst", ".list")
@@ -105,6 +105,4 @@ def _records(path: Path, entries: list[tuple[int, str, str | None, int | None]])
 
 
 def _stem(image: PurePath) -> str:
-    from tbclf.data.layouts import IMAGE_EXTENSIONS
-
     return image.stem if image.suffix.lower() in IMAGE_EXTENSIONS else image.name

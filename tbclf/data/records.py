@@ -8,6 +8,11 @@ from pathlib import Path
 HEALTHY = 0
 TB = 1
 
+# The file extensions of the image formats tbclf reads (content decides; names are a hint).
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Record:
