@@ -83,7 +83,8 @@ def train_and_score(
     config = load_config(config_name)
     model_cfg = config["model"]
     kwargs = {**model_cfg["init_args"], **args.set, **overrides}  # "frozen" stays frozen
-    if "Timm" in model_cfg["class_path"]:
+    if "Timm" in model_cfg["class_path"] and not kwargs.get("weights"):
+        # ImageNet offline unless a weights file is set (--set weights=backbone.safetensors).
         kwargs.update(pretrained=False, weights=str(offline_mobilenetv2_weights()))
     # The data seed fixes the folds and the training order; the model seed the weights' init
     # and dropout, so members of a seed ensemble share every split.

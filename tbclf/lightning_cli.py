@@ -23,6 +23,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from tbclf.data.datamodule import TBDataModule
+from tbclf.data.layouts import class_folder_names
+from tbclf.data.records import BINARY_CLASSES
 from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.lifecycle import (
@@ -285,6 +287,8 @@ class TBCLI(LightningCLI):
                 model_args.image_size = cfg.data.image_size
             if not ckpt:  # a new model learns to see what the data module delivers
                 model_args.input_spec = {k: cfg.data[k] for k in PIXEL_FIELDS if k in cfg.data}
+                # ... and its head has one output per class of that data (one for two).
+                model_args.class_names = data_class_names(cfg.data)
         trainer = cfg.trainer
         if trainer.get("precision") is None:
             accelerator = str(trainer.get("accelerator") or "auto")
@@ -367,6 +371,13 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         elif not isinstance(value, dict):
             out.append((name, value))
     return out
+
+
+def data_class_names(data: Any) -> list[str]:
+    """The classes the data options describe: folder names for ``layout: classes``."""
+    if data.get("layout") == "classes" and data.get("root"):
+        return class_folder_names(Path(data.root))
+    return list(BINARY_CLASSES)
 
 
 def last_checkpoint() -> ModelCheckpoint:

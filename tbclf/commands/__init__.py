@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "serve": "HTTP API and web page for a .onnx or .ckpt model (127.0.0.1 by default)",
     "ensemble": "predict/test with several checkpoints or a cv group: P(TB) averaged",
     "rethreshold": "a copy of a checkpoint with its threshold re-picked on a new site's images",
+    "backbone": "a checkpoint's network without its head, as .safetensors (to start from)",
     "cv": "k-fold cross-validation: a run folder per fold, pooled out-of-fold estimate",
 }
 

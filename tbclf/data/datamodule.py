@@ -86,7 +86,8 @@ class TBDataModule(pl.LightningDataModule):
         """
         Args:
             root: Folder with the labelled images (NLM names, class folders or a Zindi CSV).
-            layout: "auto", "nlm", "zindi" or "folders".
+            layout: "auto", "nlm", "zindi", "folders" (healthy vs TB), or "classes": every
+                folder under root is a class (any number; e.g. pretraining data).
             preprocessing: Contrast step at every stage: "clahe", "equalize" or "none".
             clahe_clip_limit: CLAHE clip limit (>= 1).
             clahe_tile_grid: CLAHE tiles per side.

@@ -8,6 +8,10 @@
 ``layout="auto"`` mixes 1 and 3 per file (NLM name first), or uses 2 when a root CSV has an ID
 column, because real collections are assembled from several of these at once.
 
+``layout="classes"`` is for other tasks than TB (pretraining on public chest X-rays): every
+folder directly under the root is a class, whatever its name, labelled in sorted name order
+(:func:`class_folder_names`); any number of classes.
+
 Images are found by content as well as by name: a PACS export's extension-less DICOM files are
 images too. Lateral DICOM views are left out (one warning) unless ``keep_lateral``; a file that
 is neither an image tbclf reads nor a known companion (CSV, text, ...) is listed in one warning.
@@ -30,13 +34,13 @@ from tbclf.data.imageio import SNIFF_BYTES, sniff_format
 from tbclf.data.records import HEALTHY, IMAGE_EXTENSIONS, TB, Record
 from tbclf.errors import ConfigError, DataError
 
-LAYOUTS = ("auto", "nlm", "zindi", "folders")
+LAYOUTS = ("auto", "nlm", "zindi", "folders", "classes")
 FORMATS_TEXT = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
 # Files that sit beside X-rays in public sets and exports; not worth a warning when skipped.
 COMPANION_EXTENSIONS = (
-    ".csv", ".txt", ".md", ".json", ".xml", ".html", ".htm", ".pdf", ".yaml", ".yml", ".log",
-    ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".ini", ".md5", ".sha256", ".zip", ".gz", ".tar",
-    ".tgz", ".7z", ".py", ".ipynb", ".db",
+    ".csv", ".tsv", ".txt", ".md", ".json", ".xml", ".html", ".htm", ".pdf", ".yaml", ".yml",
+    ".log", ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".ini", ".md5", ".sha256", ".zip", ".gz",
+    ".tar", ".tgz", ".7z", ".py", ".ipynb", ".db",
 )  # fmt: skip
 _SHOWN = 10
 README_HINT = 'See "Data layouts" in docs/data.md.'
@@ -67,6 +71,7 @@ _LAYOUT_DESCRIPTIONS = {
     "nlm": "NLM file names (CHNCXR_0001_0.png, MCUCXR_0001_1.png)",
     "zindi": "a Zindi CSV at the root with ID and LABEL columns",
     "folders": "class folders (healthy|normal|0 and tb|tuberculosis|1)",
+    "classes": "one folder per class directly under the root, any names",
 }
 
 
@@ -201,6 +206,28 @@ def _folder_label(rel: PurePosixPath) -> tuple[int, str] | None:
     return None
 
 
+def class_folder_names(root: Path) -> list[str]:
+    """The class names of a ``classes`` layout: the folders directly under root, sorted; a
+    class's label is its position here."""
+    root = _check_root(root)
+    if not root.is_dir():
+        raise DataError(f"data.layout=classes needs a folder of class folders; {root} is a file.")
+    names = sorted(e.name for e in root.iterdir() if e.is_dir() and not _is_hidden(e.name))
+    if len(names) < 2:
+        raise DataError(
+            f"data.layout=classes takes each folder directly under {root} as a class, but it "
+            f"has {len(names)} ({', '.join(names) or 'none'}); a classifier needs two or more."
+        )
+    return names
+
+
+def _class_label(rel: PurePosixPath, labels: dict[str, int]) -> tuple[int, str] | None:
+    """(label, source) from the top folder of a ``classes`` layout; None at the root."""
+    if len(rel.parts) < 2 or rel.parts[0] not in labels:
+        return None
+    return labels[rel.parts[0]], rel.parts[0]
+
+
 def _unique_ids(items: list[tuple[str, PurePosixPath]]) -> list[str]:
     """Keep the preferred id unless it collides; colliding ones become the relative path with
     extension, which is unique by construction."""
@@ -266,6 +293,9 @@ def _scan(
     """Records from file names / class folders, the images that matched neither, and the
     files that are no image tbclf reads."""
     items: list[tuple[str, PurePosixPath, int | None, str]] = []
+    labels = (
+        {name: i for i, name in enumerate(class_folder_names(root))} if layout == "classes" else {}
+    )
     ignored: list[PurePosixPath] = []
     unread: list[PurePosixPath] = []
     for rel in _walk_images(root, unread):
@@ -276,6 +306,10 @@ def _scan(
             nlm = _nlm_label(rel)
             if nlm is not None:
                 found = (_stem(rel), rel, *nlm)
+        if layout == "classes":
+            label = _class_label(rel, labels)
+            if label is not None:
+                found = (_without_ext(rel), rel, *label)
         if found is None and layout in ("auto", "folders"):
             folder = _folder_label(rel)
             if folder is not None:
@@ -354,7 +388,9 @@ def discover(root: Path, layout: str = "auto", keep_lateral: bool = False) -> li
         if root.suffix.lower() == ".csv":
             return drop_lateral(with_dicom_views(read_zindi_csv(root)), keep_lateral)
         raise DataError(f"Data root {root} is a file; set data.root to a folder or a Zindi CSV.")
-    if layout == "zindi" or (layout == "auto" and _root_csvs(root)):
+    if layout == "classes":
+        pass  # a folder of class folders; a CSV beside them is a companion file
+    elif layout == "zindi" or (layout == "auto" and _root_csvs(root)):
         csv_path = _pick_zindi_csv(root)
         if csv_path is None:
             raise DataError(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 HEALTHY = 0
 TB = 1
+# Class names in label order for the healthy-vs-TB task (the two-class case).
+BINARY_CLASSES = ("healthy", "tb")
 
 # The file extensions of the image formats tbclf reads (content decides; names are a hint).
 IMAGE_EXTENSIONS = (

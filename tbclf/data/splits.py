@@ -281,7 +281,7 @@ def class_counts(records: Iterable[Record]) -> dict[int | None, int]:
 
 
 def check_split(split: Mapping[str, Sequence[Record]]) -> None:
-    """Every split that is used needs both classes, or AUC/thresholds are meaningless."""
+    """Every split that is used needs two classes or more, or AUC/thresholds are meaningless."""
     for name in SPLIT_NAMES:
         members = split.get(name, [])
         if name == "test" and not members:
@@ -291,7 +291,7 @@ def check_split(split: Mapping[str, Sequence[Record]]) -> None:
             counts = {name2: class_counts(split.get(name2, [])) for name2 in SPLIT_NAMES}
             raise DataError(
                 f"The {name} split has {len(members)} image(s) with {len(labels)} class(es) "
-                f"(label counts per split: {counts}); it needs both healthy (0) and TB (1). Use "
+                f"(label counts per split: {counts}); it needs two (healthy (0) and TB (1)). Use "
                 "larger data.val_fraction / data.test_fraction, another data.seed, fewer "
                 "data.num_folds, or more data."
             )

@@ -53,5 +53,7 @@ def model_record(
         "tta": bool(tta),
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "input_spec": spec.to_dict() if spec is not None else None,
+        # The starting weights (e.g. a chest X-ray pretrained backbone): file and SHA-256.
+        "weights_origin": getattr(pl_module, "weights_origin", None),
         "tbclf_version": tbclf.__version__,
     }

@@ -233,29 +233,94 @@ def _load_file_into(
     return model, num_classes
 
 
+def _timm_tensors(name: str, path: Path, in_chans: int) -> dict[str, torch.Tensor]:
+    """The file's tensors under ``name``'s timm key names, the first conv fitted to
+    ``in_chans``; with or without a head (an exported backbone file has none)."""
+    sd = read_state_dict(path)
+    probe = timm.create_model(name, pretrained=False, num_classes=1, in_chans=3)
+    if set(sd) != set(probe.state_dict()) - head_keys(probe):  # not a headless timm file
+        sd, _ = _to_timm_keys(sd, probe, path)
+    conv_key = _first_conv_key(probe)
+    if conv_key in sd and sd[conv_key].ndim == 4 and sd[conv_key].shape[1] != in_chans:
+        # 3-channel file into a 1-channel model: sum the RGB filters, as timm does.
+        sd[conv_key] = adapt_input_conv(in_chans, sd[conv_key], base_chans=sd[conv_key].shape[1])
+    return sd
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of a timm model's classifier: what a transfer leaves behind."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "classifier")
+    return {k for k in model.state_dict() if k.startswith(f"{name}.")}
+
+
+def load_backbone(
+    model: nn.Module, sd: Mapping[str, torch.Tensor], head: set[str], path: Path, what: str
+) -> None:
+    """Load every tensor of ``model`` but its ``head`` from ``sd`` (the file's head, if any, is
+    dropped): the same strict key and shape check as a full load, the head left as built."""
+    target = model.state_dict()
+    body = {k: v for k, v in sd.items() if k not in head}
+    missing = [k for k in target if k not in head and k not in body]
+    unexpected = [k for k in body if k not in target]
+    if missing or unexpected:
+        raise ConfigError(
+            f"model.weights: {path} does not fit {what}: missing keys: {_short(missing) or '-'}; "
+            f"unexpected keys: {_short(unexpected) or '-'}. Use a checkpoint or backbone file "
+            "of the same architecture."
+        )
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in body.items()
+        if v.shape != target[k].shape
+    ]
+    if bad:
+        raise ConfigError(
+            f"model.weights: {path} does not fit {what}: {len(bad)} shape mismatches: "
+            f"{_short(bad)}. Use a file saved from the same architecture."
+        )
+    model.load_state_dict(body, strict=False)  # only the head is missing, checked above
+
+
+def weights_origin(path: str | Path) -> dict[str, str]:
+    """Where starting weights came from, for the run's hyperparameters and predictions.json."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ConfigError(f"model.weights: {path} does not exist or is not a file")
+    stat = p.stat()
+    return {
+        "file": p.name,
+        "path": str(p),
+        "sha256": _sha256(str(p), stat.st_size, stat.st_mtime_ns),
+    }
+
+
 def create_backbone(
     name: str = "mobilenetv2_100",
     pretrained: bool = True,
     weights: str | Path | None = None,
     in_chans: int = 3,
     drop_rate: float = 0.2,
+    num_classes: int = 1,
 ) -> nn.Module:
-    """A timm model with a single logit (``num_classes=1``).
+    """A timm model with ``num_classes`` logits (1 for healthy vs TB).
 
-    ``weights`` (a local file) wins over ``pretrained``. Its head is replaced by a fresh
-    1-logit head unless it already has exactly one output (e.g. a tbclf checkpoint).
+    ``weights`` (a local file: ImageNet weights, a tbclf checkpoint or an exported backbone)
+    wins over ``pretrained``; its backbone is loaded and its head dropped for a fresh one.
     """
     _check_name(name)
     if in_chans not in (1, 3):
         raise ConfigError(f"model.in_chans must be 1 or 3, got {in_chans}")
     if weights is not None:
-        model, num_classes = _load_file_into(name, Path(weights).expanduser(), in_chans, drop_rate)
-        if num_classes != 1:
-            model.reset_classifier(1)
+        path = Path(weights).expanduser()
+        sd = _timm_tensors(name, path, in_chans)
+        model = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+        )
+        load_backbone(model, sd, head_keys(model), path, f"backbone {name!r}")
         return model
     if not pretrained:
         return timm.create_model(
-            name, pretrained=False, num_classes=1, in_chans=in_chans, drop_rate=drop_rate
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
         )
     cached = _hub_weights_cached(name)
     if cached is None and not _hub_reachable(name):
@@ -265,7 +330,7 @@ def create_backbone(
         return timm.create_model(
             name,
             pretrained=True,
-            num_classes=1,
+            num_classes=num_classes,
             in_chans=in_chans,
             drop_rate=drop_rate,
             pretrained_cfg_overlay=overlay,

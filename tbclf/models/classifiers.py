@@ -9,13 +9,20 @@ arguments live once, on :class:`tbclf.models.module.TBClassifier`: each subclass
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError
-from tbclf.models.backbone import create_backbone
+from tbclf.models.backbone import (
+    create_backbone,
+    head_keys,
+    load_backbone,
+    read_state_dict,
+    weights_origin,
+)
 from tbclf.models.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
 from tbclf.models.input import InputAdapter, timm_input_adapter
 from tbclf.models.module import TBClassifier
@@ -28,9 +35,12 @@ class TimmClassifier(TBClassifier):
     Args:
         backbone: timm model name.
         pretrained: download timm's pretrained weights (needs internet or a warm HF cache).
-        weights: local weights file (timm or torchvision layout); wins over ``pretrained``.
-            The offline route: ``python -c "from tbclf.models.backbone import
-            offline_mobilenetv2_weights as f; print(f())"`` prints a MobileNetV2 file.
+        weights: local weights file; wins over ``pretrained``: ImageNet weights (timm or
+            torchvision layout), a tbclf checkpoint (e.g. a chest X-ray pretraining run) or an
+            exported backbone (``tbclf backbone``). Its backbone is loaded, its head dropped;
+            its path and SHA-256 are recorded (``weights_origin``). The offline ImageNet route:
+            ``python -c "from tbclf.models.backbone import offline_mobilenetv2_weights as f;
+            print(f())"`` prints a MobileNetV2 file.
         in_chans: 3 (gray image repeated, RGB normalisation) or 1 (first conv summed over RGB).
         drop_rate: dropout before the classifier.
         freeze_epochs: epochs training only the head on a frozen backbone (BN stats frozen too);
@@ -56,6 +66,8 @@ class TimmClassifier(TBClassifier):
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
+        if weights is not None:
+            self.record_weights_origin(weights_origin(weights))
         if freeze_epochs < 0:
             raise ConfigError(f"model.freeze_epochs must be >= 0, got {freeze_epochs}")
         if backbone_lr_factor <= 0:
@@ -66,8 +78,14 @@ class TimmClassifier(TBClassifier):
         self.unfreeze_from = unfreeze_from
         self.backbone_lr_factor = float(backbone_lr_factor)
         self.net = create_backbone(
-            backbone, pretrained=pretrained, weights=weights, in_chans=in_chans, drop_rate=drop_rate
+            backbone,
+            pretrained=pretrained,
+            weights=weights,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            num_classes=self.num_outputs,
         )
+
         self.input_adapter = timm_input_adapter(self.net, in_chans, self.channels_last)
         self._network_spec()
         if unfreeze_from is not None:
@@ -85,6 +103,9 @@ class TimmClassifier(TBClassifier):
 
     def head(self) -> nn.Module:
         return self.net.get_classifier()
+
+    def head_keys(self) -> set[str]:
+        return head_keys(self.net)
 
     def backbone_parts(self) -> tuple[list[nn.Module], list[nn.Module]]:
         """(always frozen, unfrozen after ``freeze_epochs``) children of the network."""
@@ -135,10 +156,7 @@ class TimmClassifier(TBClassifier):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        # The weights are in the checkpoint: loading it must not download or need the file.
-        hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None:  # a copy: the running model's hparams stay as given
-            checkpoint["hyper_parameters"] = {**hparams, "pretrained": False, "weights": None}
+        _drop_weights_file(checkpoint, pretrained=False)
 
 
 class SimpleCNNClassifier(TBClassifier):
@@ -154,6 +172,9 @@ class SimpleCNNClassifier(TBClassifier):
         adaptive_pool: average-pool the features to this size before flattening (None = plain
             flatten as the original; then ``image_size`` must equal the data's image size).
         image_size: input side length, used to size the first dense layer.
+        weights: a tbclf checkpoint of this architecture (e.g. a chest X-ray pretraining run) or
+            an exported backbone file (``tbclf backbone``): every layer but the last (the head)
+            starts from it; path and SHA-256 are recorded (``weights_origin``).
         **kwargs: the training options of :class:`tbclf.models.module.TBClassifier` (lr,
             weight_decay, scheduler, pos_weight, threshold_strategy, ...).
     """
@@ -168,16 +189,29 @@ class SimpleCNNClassifier(TBClassifier):
         head: list[int] = [64, 32, 16],  # noqa: B006
         adaptive_pool: int | None = None,
         image_size: int = 224,
+        weights: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
+        if weights is not None:
+            self.record_weights_origin(weights_origin(weights))
         try:
             # The architecture arguments are SimpleCNN's own, under the same names.
             arch = inspect.signature(SimpleCNN).parameters
-            self.net = SimpleCNN(in_chans=1, **{k: v for k, v in self.hparams.items() if k in arch})
+            self.net = SimpleCNN(
+                in_chans=1,
+                num_classes=self.num_outputs,
+                **{k: v for k, v in self.hparams.items() if k in arch and k != "num_classes"},
+            )
         except ValueError as e:
             raise ConfigError(f"model (SimpleCNNClassifier): {e}") from e
+        if weights is not None:
+            path = Path(weights).expanduser()
+            load_backbone(
+                self.net, read_state_dict(path), self.net.head_keys(), path, "SimpleCNNClassifier"
+            )
+
         self.input_adapter = InputAdapter(
             in_chans=1, mean=(0.5,), std=(0.5,), channels_last=self.channels_last
         )
@@ -193,5 +227,20 @@ class SimpleCNNClassifier(TBClassifier):
                 f"{spec.image_size} or model.adaptive_pool"
             )
 
+    def head_keys(self) -> set[str]:
+        return self.net.head_keys()
+
     def target_layer(self) -> nn.Module:
         return self.net.target_layer()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        _drop_weights_file(checkpoint)
+
+
+def _drop_weights_file(checkpoint: dict[str, Any], **also: Any) -> None:
+    """The weights are in the checkpoint: loading it must not download or need the file (its
+    origin stays recorded in ``weights_origin``)."""
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams is not None:  # a copy: the running model's hparams stay as given
+        checkpoint["hyper_parameters"] = {**hparams, **also, "weights": None}

@@ -1,7 +1,14 @@
 """Training, evaluation and prediction logic shared by every tbclf classifier.
 
 Subclasses only build ``self.input_adapter`` (gray [0,1] -> network input) and ``self.net``
-(network input -> (B, 1) logits); loss, optimizer, metrics and the operating threshold live here.
+(network input -> (B, ``num_outputs``) logits); loss, optimizer, metrics and the operating
+threshold live here.
+
+The head's size comes from the data's classes (``class_names``). Two classes (healthy vs TB,
+the default) are one logit, the log-odds of the second class: the binary case of a softmax,
+with BCE, a threshold and a calibrated P(TB). More classes (pretraining on a folder of class
+folders) are a softmax head with cross-entropy and macro AUROC / balanced accuracy; such a
+model is a backbone to start from (``model.weights``), so it has no threshold or P(TB).
 
 The operating threshold is chosen on the validation set at the end of each validation epoch
 (``tbclf.evaluation.operating_point.choose_operating_point``) and kept in the ``threshold``
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tbclf.data.records import BINARY_CLASSES
 from tbclf.data.spec import InputSpec
 from tbclf.errors import ConfigError, DataError
 from tbclf.evaluation.metrics import point_metrics
@@ -67,6 +75,10 @@ class TBClassifier(pl.LightningModule):
         input_spec: what the model takes (:class:`tbclf.data.spec.InputSpec` as a dict). Set
             from the ``data.*`` options when training starts and saved with the hyperparameters;
             every later consumer (test, predict, explain, export, serve) reads it from here.
+        class_names: the classes, in label order; set from the data (``data.layout: classes``
+            takes them from the folder names). None: healthy vs TB.
+        weights_origin: where the starting weights came from (path, SHA-256); recorded from
+            ``model.weights`` when the model is built, not set by hand.
     """
 
     input_adapter: nn.Module
@@ -88,6 +100,8 @@ class TBClassifier(pl.LightningModule):
         target_sensitivity: float = 0.9,
         channels_last: bool = True,
         input_spec: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        weights_origin: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Called here, it records the subclass's arguments too (Lightning walks the __init__
@@ -112,6 +126,25 @@ class TBClassifier(pl.LightningModule):
             raise ConfigError(
                 f"model.target_sensitivity must be in (0, 1], got {target_sensitivity}"
             )
+        names = [str(n) for n in class_names] if class_names else list(BINARY_CLASSES)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(
+                f"model.class_names needs two or more distinct names, got {class_names!r}"
+            )
+        self.class_names = names
+        # Two classes: one logit (the log-odds of class 1); more: one logit per class.
+        self.num_outputs = 1 if len(names) == 2 else len(names)
+        if self.multiclass and calibrate:
+            raise ConfigError(
+                f"model.calibrate fits a temperature to P({names[1]}) of a two-class model; "
+                f"this one has {len(names)} classes ({', '.join(names)}): set it to false"
+            )
+        if self.multiclass and pos_weight is not None:
+            raise ConfigError(
+                f"model.pos_weight weighs the positive class of a two-class model; this one has "
+                f"{len(names)} classes: set it to null"
+            )
+        self.weights_origin = dict(weights_origin) if weights_origin else None
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.scheduler_name = scheduler
@@ -139,6 +172,18 @@ class TBClassifier(pl.LightningModule):
         self.test_outputs: dict[str, np.ndarray] | None = None
 
     # ----------------------------------------------------------------- model
+    @property
+    def multiclass(self) -> bool:
+        """More than two classes: a softmax head (pretraining), no threshold and no P(TB)."""
+        return self.num_outputs > 1
+
+    def record_weights_origin(self, origin: dict[str, Any]) -> None:
+        """Keep where the starting weights came from with the hyperparameters (checkpoint,
+        hparams.yaml, predictions.json). Saved again as a whole because under LightningCLI the
+        hyperparameters are the parsed config, which cannot know the file's hash."""
+        self.weights_origin = dict(origin)
+        self.save_hyperparameters({**self.hparams, "weights_origin": dict(origin)})
+
     @classmethod
     def load(cls, path: str, map_location: str | torch.device = "cpu") -> TBClassifier:
         """A trained tbclf classifier from its checkpoint (safe: weights only, tbclf classes
@@ -202,13 +247,15 @@ class TBClassifier(pl.LightningModule):
             self.set_input_spec(spec)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) images in [0, 1] -> (B,) logits."""
-        return self.net(self.input_adapter(images))[:, 0]
+        """(B, 1, H, W) images in [0, 1] -> (B,) logits, or (B, K) for K > 2 classes."""
+        logits = self.net(self.input_adapter(images))
+        return logits if self.multiclass else logits[:, 0]
 
     def score_logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """(B,) float32 score logits before the temperature: the network's, or with ``tta``
-        the logit of the probability averaged over the test-time views."""
-        if tta:
+        the logit of the probability averaged over the test-time views. (B, K) for a
+        multi-class model, which has no TTA."""
+        if tta and not self.multiclass:
             return prob_to_logit(tta_probs(self, images).to(DTYPE))
         return self(images).to(DTYPE)
 
@@ -224,6 +271,11 @@ class TBClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         fill_missing_buffers(checkpoint)
         self.recorded_operating_point = checkpoint_operating_point(checkpoint)
+
+    def head_keys(self) -> set[str]:
+        """Keys of ``self.net``'s state dict that form the head (the logits layer): what a
+        transfer to another task drops (``model.weights``, ``tbclf backbone``)."""
+        raise NotImplementedError
 
     def target_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (for Grad-CAM)."""
@@ -288,6 +340,8 @@ class TBClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------- steps
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.multiclass:
+            return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
         pos_weight = (
             None
             if self.pos_weight is None
@@ -341,6 +395,12 @@ class TBClassifier(pl.LightningModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Any]:
         """Per image: id, source, TB probability, decision (prob >= threshold) and label."""
+        if self.multiclass:
+            raise ConfigError(
+                f"this is a {self.num_outputs}-class model ({', '.join(self.class_names)}), a "
+                "backbone to start a TB model from (--model.init_args.weights CKPT), not a TB "
+                "classifier: predict needs a two-class model"
+            )
         probs = self.predict_proba(batch["image"], self.tta).cpu()
         n = probs.numel()
         label = batch.get("label")
@@ -409,6 +469,9 @@ class TBClassifier(pl.LightningModule):
         sanity = self._trainer is not None and self.trainer.sanity_checking
         if sanity:
             return  # a couple of batches: no threshold, no metrics, no warnings
+        if self.multiclass:
+            self._multiclass_epoch_end(stage, outputs)
+            return
         labeled = ~np.isnan(outputs["label"])
         if stage == "val" and self.calibrate:
             from tbclf.evaluation.calibration import fit_temperature
@@ -452,3 +515,33 @@ class TBClassifier(pl.LightningModule):
         values = {f"{stage}/{name}": point[name] for name in logged}
         for name, value in values.items():
             self.log(name, value, prog_bar=name == MONITOR, sync_dist=True)
+
+    def _multiclass_epoch_end(self, stage: str, outputs: dict[str, np.ndarray]) -> None:
+        """Macro AUROC (monitored as ``{stage}/auroc``), balanced accuracy, accuracy and
+        each class's one-vs-rest AUROC, from torchmetrics."""
+        from torchmetrics.functional.classification import (
+            multiclass_accuracy,
+            multiclass_auroc,
+        )
+
+        setattr(self, f"{stage}_outputs", outputs)
+        labeled = ~np.isnan(outputs["label"])
+        if not labeled.any():
+            return
+        probs = torch.from_numpy(outputs["logit"][labeled]).float().softmax(dim=1)
+        labels = torch.from_numpy(outputs["label"][labeled]).long()
+        k = self.num_outputs
+        per_class = multiclass_auroc(probs, labels, num_classes=k, average=None)
+        values = {
+            f"{stage}/auroc": multiclass_auroc(probs, labels, num_classes=k, average="macro"),
+            # Balanced accuracy is the macro average of the per-class recalls.
+            f"{stage}/balanced_accuracy": multiclass_accuracy(
+                probs, labels, num_classes=k, average="macro"
+            ),
+            f"{stage}/accuracy": multiclass_accuracy(probs, labels, num_classes=k, average="micro"),
+        }
+        values.update(
+            {f"{stage}/auroc_{name}": per_class[i] for i, name in enumerate(self.class_names)}
+        )
+        for name, value in values.items():
+            self.log(name, float(value), prog_bar=name == MONITOR, sync_dist=True)

@@ -33,6 +33,7 @@ class SimpleCNN(nn.Module):
         head: Sequence[int] = (64, 32, 16),
         adaptive_pool: int | None = None,
         image_size: int = 224,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
         channels, kernel_sizes, head = list(channels), list(kernel_sizes), list(head)
@@ -89,11 +90,11 @@ class SimpleCNN(nn.Module):
             if dropout > 0:
                 dense.append(nn.Dropout(dropout))
             width = h
-        dense.append(nn.Linear(width, 1))
+        dense.append(nn.Linear(width, num_classes))
         self.head = nn.Sequential(*dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, 1) logits."""
+        """(B, in_chans, H, W) -> (B, num_classes) logits."""
         x = self.pool(self.features(x)).flatten(1)
         if x.shape[1] != self.flat_features:
             raise ValueError(
@@ -102,6 +103,10 @@ class SimpleCNN(nn.Module):
                 "model's image_size to the data's image_size, or use adaptive_pool"
             )
         return self.head(x)
+
+    def head_keys(self) -> set[str]:
+        """The state-dict keys of the last dense layer (the logits): what a transfer drops."""
+        return {f"head.{len(self.head) - 1}.weight", f"head.{len(self.head) - 1}.bias"}
 
     def target_layer(self) -> nn.Module:
         """The activation after the last conv: the last full-resolution feature map."""
