@@ -1,0 +1,1 @@
+"""Backbones that ship with tbclf (``model.weights: tbclf:NAME``); see MODEL_CARD.md here."""
