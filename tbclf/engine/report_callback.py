@@ -89,6 +89,10 @@ class ReportCallback(Callback):
             trainer.strategy.barrier("ReportCallback.on_test_end")
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log_dir: Path) -> None:
+        if getattr(pl_module, "multiclass", False):
+            log.info("report: a multi-class (pretraining) model has its metrics logged; the TB "
+                     "report is for two-class models")  # fmt: skip
+            return
         outputs = getattr(pl_module, "test_outputs", None)
         if not outputs or outputs.get("prob") is None:
             warnings.warn(
