@@ -91,7 +91,9 @@ def test_multiclass_training_learns_and_logs_per_class_metrics(tmp_path: Path) -
     per_class = np.mean([logged[f"val/auroc_{n}"] for n in NAMES])
     assert per_class == pytest.approx(logged["val/auroc"], abs=1e-5)
     assert "val/threshold" not in logged  # no P(TB), no threshold
-    loaded = load_classifier(ckpt)
+    with pytest.raises(ConfigError, match="3-class model .*not a TB classifier"):
+        load_classifier(ckpt)  # what predict, export, serve, explain and saliency load
+    loaded = load_classifier(ckpt, two_class=False)
     assert loaded.class_names == NAMES and loaded.num_outputs == 3
     with pytest.raises(ConfigError, match="3-class"):
         loaded.predict_step({"image": torch.rand(1, 1, 32, 32), "id": ["x"]}, 0)

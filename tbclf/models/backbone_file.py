@@ -24,7 +24,7 @@ def backbone_tensors(ckpt_path: str | Path, dtype: str = "float16") -> tuple[dic
     to ``dtype``, counters (BatchNorm's num_batches_tracked) kept as they are."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    model = load_classifier(ckpt_path)
+    model = load_classifier(ckpt_path, two_class=False)
     head = model.head_keys()
     tensors = {
         k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous()

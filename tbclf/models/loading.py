@@ -105,8 +105,13 @@ def model_hparams(checkpoint: dict[str, Any], where: str | Path) -> tuple[type, 
     return cls, hparams
 
 
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> TBClassifier:
+def load_classifier(
+    path: str | Path, map_location: str | torch.device = "cpu", two_class: bool = True
+) -> TBClassifier:
     """A trained tbclf classifier in eval mode, with its threshold and input spec.
+
+    Every P(TB) consumer needs a two-class model; a multi-class (pretraining) checkpoint is
+    refused with what it is for, unless ``two_class`` is False (exporting its backbone).
 
     >>> model = load_classifier("runs/mobilenet/version_0/checkpoints/best.ckpt")
     >>> model.input_spec.prepare("xray.png")  # the tensor the model takes
@@ -121,6 +126,12 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ConfigError(
             f"{path}: its hyperparameters do not fit {cls.__name__}: {error}"
         ) from None
+    if two_class and model.multiclass:
+        raise ConfigError(
+            f"{path} is a {len(model.class_names)}-class model ({', '.join(model.class_names)}): "
+            f"a backbone to start a TB model from (--model.init_args.weights {path}), not a TB "
+            "classifier."
+        )
     check_state_dict_fits(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
     model.recorded_operating_point = checkpoint_operating_point(checkpoint, str(path))
