@@ -68,11 +68,14 @@ def test_timm_layout_and_wrapped_checkpoints_load(tmp_path):
     assert read_state_dict(tmp_path / "model.pth").keys() == sd.keys()
 
 
-def test_single_logit_file_keeps_its_head(tmp_path):
+def test_a_files_head_is_dropped_even_when_its_size_fits(tmp_path):
+    """Starting weights give the backbone only: the head belongs to the new task."""
     ref = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=1)
     torch.save(ref.state_dict(), tmp_path / "tb.pth")
+    torch.manual_seed(1)
     model = create_backbone("mobilenetv2_100", weights=tmp_path / "tb.pth")
-    assert torch.equal(model.classifier.weight, ref.classifier.weight)
+    assert not torch.equal(model.classifier.weight, ref.classifier.weight)
+    assert torch.equal(model.conv_head.weight, ref.conv_head.weight)
 
 
 def test_wrong_files_fail_with_config_error_naming_file_and_keys(tmp_path):
@@ -214,7 +217,7 @@ def test_hub_named_file_is_checked_against_the_hash_in_its_name(tmp_path):
     prefix = hashlib.sha256(plain.read_bytes()).hexdigest()[:10]
     named = plain.rename(tmp_path / f"mine-{prefix}.pth")
     model = create_backbone("mobilenetv2_100", weights=named)
-    assert torch.equal(model.classifier.weight, sd["classifier.weight"])
+    assert torch.equal(model.conv_head.weight, sd["conv_head.weight"])
     wrong = named.rename(tmp_path / f"mine-{'0' * 10}.pth")
     with pytest.raises(ConfigError, match=r"mine-0000000000\.pth fails its checksum"):
         create_backbone("mobilenetv2_100", weights=wrong)
