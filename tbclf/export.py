@@ -104,6 +104,8 @@ def model_description(model: torch.nn.Module, tta: bool = False) -> dict[str, An
         "in_chans": model.input_spec.in_chans,
         # Test-time augmentation traced into the graph: the logit of the views' mean P(TB).
         "tta": bool(tta),
+        # The weights training started from (e.g. a chest X-ray backbone): file and SHA-256.
+        "weights_origin": getattr(model, "weights_origin", None),
     }
 
 

@@ -170,6 +170,7 @@ class OnnxPredictor(Predictor):
             "tta": self.tta,
             "model_class": model.get("class_path") or model.get("class"),
             "input_spec": self.spec.to_dict(),
+            "weights_origin": model.get("weights_origin"),
             "tbclf_version": self.info.tbclf_version,
             "model": self.info.to_dict(),
         }

@@ -137,7 +137,7 @@ def test_cli_predict_with_onnx_writes_the_same_csv_as_the_checkpoint(run, tmp_pa
     point_a, point_b = side_a["operating_point"], side_b["operating_point"]
     assert point_b["threshold"] == pytest.approx(point_a["threshold"], abs=1e-7)
     assert side_b["n"] == side_a["n"] == 41 and side_b["predictions_csv"] == onnx_csv.name
-    for key in ("decision_rule", "model_class", "input_spec", "tbclf_version"):
+    for key in ("decision_rule", "model_class", "input_spec", "weights_origin", "tbclf_version"):
         assert side_b[key] == side_a[key], key
     assert point_b["strategy"] == point_a["strategy"] and point_b["source"] == "validation"
     assert point_b["model_file"] == str(Path(run["onnx"]).resolve())
