@@ -46,7 +46,7 @@ def usage() -> str:
 COMMON_OPTIONS: dict[str, list[tuple[str, str]]] = {
     "fit": [
         ("--data.root", "folder (or Zindi CSV) with the images"),
-        ("--model.init_args.weights", "start from: ImageNet file, tbclf ckpt/backbone, tbclf:NAME"),
+        ("--model.init_args.weights", "start from: ImageNet file, tbclf checkpoint or backbone"),
         ("--trainer.max_epochs", "epochs to train"),
         ("--data.image_size", "side of the square model input, pixels"),
         ("--seed_everything", "seed of weights init and augmentation"),

@@ -202,13 +202,3 @@ def test_classes_layout_labels_folders_in_sorted_order(tmp_path: Path) -> None:
     lonely = _class_folders(tmp_path / "one", ["only"])
     with pytest.raises(DataError, match="has 1 .*two or more"):
         class_folder_names(lonely)
-
-
-def test_shipped_names_resolve_inside_the_package_only() -> None:
-    from tbclf.models.backbone import resolve_weights
-
-    with pytest.raises(ConfigError, match="names no backbone shipped with tbclf"):
-        resolve_weights("tbclf:no_such_backbone")
-    with pytest.raises(ConfigError, match="names no backbone shipped"):
-        resolve_weights("tbclf:../models/backbone")
-    assert resolve_weights("runs/x/best.ckpt") == Path("runs/x/best.ckpt")

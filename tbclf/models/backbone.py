@@ -281,35 +281,6 @@ def load_backbone(
     model.load_state_dict(body, strict=False)  # only the head is missing, checked above
 
 
-# ``model.weights: tbclf:NAME`` names a backbone shipped in the package (tbclf/weights/).
-SHIPPED_PREFIX = "tbclf:"
-
-
-def shipped_dir() -> Path:
-    """The folder of the backbones that ship with tbclf (see its MODEL_CARD.md)."""
-    return Path(__file__).resolve().parent.parent / "weights"
-
-
-def shipped_names() -> list[str]:
-    return sorted(p.stem for p in shipped_dir().glob("*.safetensors"))
-
-
-def resolve_weights(weights: str | Path) -> Path:
-    """A weights file path; ``tbclf:NAME`` is the shipped ``tbclf/weights/NAME.safetensors``,
-    so configs name it the same from any working directory, offline, with no extra install."""
-    text = str(weights)
-    if not text.startswith(SHIPPED_PREFIX):
-        return Path(text).expanduser()
-    name = text[len(SHIPPED_PREFIX) :]
-    path = shipped_dir() / f"{name}.safetensors"
-    if not name or "/" in name or "\\" in name or not path.is_file():
-        raise ConfigError(
-            f"model.weights: {text!r} names no backbone shipped with tbclf; shipped: "
-            f"{', '.join(SHIPPED_PREFIX + n for n in shipped_names()) or 'none'}"
-        )
-    return path
-
-
 def weights_origin(path: str | Path) -> dict[str, str]:
     """Where starting weights came from, for the run's hyperparameters and predictions.json."""
     p = Path(path).expanduser().resolve()

@@ -9,6 +9,7 @@ arguments live once, on :class:`tbclf.models.module.TBClassifier`: each subclass
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,7 +21,6 @@ from tbclf.models.backbone import (
     head_keys,
     load_backbone,
     read_state_dict,
-    resolve_weights,
     weights_origin,
 )
 from tbclf.models.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
@@ -38,8 +38,7 @@ class TimmClassifier(TBClassifier):
         weights: local weights file; wins over ``pretrained``: ImageNet weights (timm or
             torchvision layout), a tbclf checkpoint (e.g. a chest X-ray pretraining run) or an
             exported backbone (``tbclf backbone``). Its backbone is loaded, its head dropped;
-            its path and SHA-256 are recorded (``weights_origin``). ``tbclf:NAME`` names a
-            backbone shipped with tbclf (tbclf/weights/). The offline ImageNet route:
+            its path and SHA-256 are recorded (``weights_origin``). The offline ImageNet route:
             ``python -c "from tbclf.models.backbone import offline_mobilenetv2_weights as f;
             print(f())"`` prints a MobileNetV2 file.
         in_chans: 3 (gray image repeated, RGB normalisation) or 1 (first conv summed over RGB).
@@ -67,7 +66,7 @@ class TimmClassifier(TBClassifier):
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
-        weights = None if weights is None else resolve_weights(weights)
+        weights = None if weights is None else Path(weights).expanduser()
         if weights is not None:
             self.record_weights_origin(weights_origin(weights))
         if freeze_epochs < 0:
@@ -176,8 +175,7 @@ class SimpleCNNClassifier(TBClassifier):
         image_size: input side length, used to size the first dense layer.
         weights: a tbclf checkpoint of this architecture (e.g. a chest X-ray pretraining run) or
             an exported backbone file (``tbclf backbone``): every layer but the last (the head)
-            starts from it; path and SHA-256 are recorded (``weights_origin``). ``tbclf:NAME``
-            names a backbone shipped with tbclf (tbclf/weights/).
+            starts from it; path and SHA-256 are recorded (``weights_origin``).
         **kwargs: the training options of :class:`tbclf.models.module.TBClassifier` (lr,
             weight_decay, scheduler, pos_weight, threshold_strategy, ...).
     """
@@ -197,7 +195,7 @@ class SimpleCNNClassifier(TBClassifier):
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
-        weights = None if weights is None else resolve_weights(weights)
+        weights = None if weights is None else Path(weights).expanduser()
         if weights is not None:
             self.record_weights_origin(weights_origin(weights))
         try:
