@@ -520,9 +520,13 @@ def run_trainer_command(argv: list[str], from_sys_argv: bool, prog: str, descrip
 def stage_summary(cli: LightningCLI) -> str | None:
     """The line a stage ends with: its run folder and its main outputs."""
     trainer, stage = getattr(cli, "trainer", None), cli.subcommand
-    if trainer is None or stage is None or not trainer.is_global_zero or not trainer.log_dir:
+    if trainer is None or stage is None:
         return None
-    folder = Path(trainer.log_dir)
+    # trainer.log_dir is a broadcast under DDP: every rank asks, or rank 0 waits for the others.
+    log_dir = trainer.log_dir
+    if not trainer.is_global_zero or not log_dir:
+        return None
+    folder = Path(log_dir)
     outputs: list[Path] = []
     if stage == "fit":
         outputs = [p for p in (folder / "checkpoints" / f"{n}.ckpt" for n in ("best", "last"))]

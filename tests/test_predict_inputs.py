@@ -20,7 +20,7 @@ from pydicom.uid import JPEGExtended12Bit
 from tbclf.data import dicom
 from tbclf.data.datamodule import TBDataModule
 from tbclf.engine import shards
-from tbclf.engine.onnx_module import OnnxModule
+from tbclf.onnx_module import OnnxModule
 from tbclf.engine.writer import PredictionWriter
 from tbclf.errors import DataError
 from tbclf.io import read_output_csv

@@ -3,7 +3,7 @@
 The same path as a checkpoint's predict: `Trainer.predict` with the data module's loader (the
 model's input spec from the file's metadata), the same `--trainer.*`, `--data.*` and
 `--writer.*` options, the same streaming writer and the same files; only the network is ONNX
-Runtime (:class:`tbclf.engine.onnx_module.OnnxModule`). `--trainer.devices N` runs N processes.
+Runtime (:class:`tbclf.onnx_module.OnnxModule`). `--trainer.devices N` runs N processes.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def build_parser() -> LightningArgumentParser:
 
 
 def main(argv: list[str]) -> Path | None:
-    from tbclf.engine.onnx_module import OnnxModule
+    from tbclf.onnx_module import OnnxModule
 
     parser = build_parser()
     cfg = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 input spec, and the images left out or unreadable with why, so `tbclf report` never has to
 guess them from the CSV.
 
-Every predict path (a checkpoint, or an ONNX file through :mod:`tbclf.engine.onnx_module`) runs
+Every predict path (a checkpoint, or an ONNX file through :mod:`tbclf.onnx_module`) runs
 `Trainer.predict` with this writer, in one process or several (DDP: `--trainer.devices N`,
 `--trainer.num_nodes`). Rows go to disk as they come, each rank in its own parts
 (:mod:`tbclf.engine.shards`); when every rank is done, rank 0 merges them into the one CSV,
