@@ -13,8 +13,14 @@ LAYERS = [
     {"tbclf.evaluation"},
     {"tbclf.models"},
     {"tbclf.engine"},
-    {"tbclf.eda", "tbclf.explain", "tbclf.export", "tbclf.inference", "tbclf.onnx_module",
-     "tbclf.serve"},
+    {
+        "tbclf.eda",
+        "tbclf.explain",
+        "tbclf.export",
+        "tbclf.inference",
+        "tbclf.onnx_module",
+        "tbclf.serve",
+    },
     {"tbclf.cli", "tbclf.lightning_cli", "tbclf.commands", "tbclf.__main__"},
 ]
 

@@ -20,10 +20,10 @@ from pydicom.uid import JPEGExtended12Bit
 from tbclf.data import dicom
 from tbclf.data.datamodule import TBDataModule
 from tbclf.engine import shards
-from tbclf.onnx_module import OnnxModule
 from tbclf.engine.writer import PredictionWriter
 from tbclf.errors import DataError
 from tbclf.io import read_output_csv
+from tbclf.onnx_module import OnnxModule
 
 
 @pytest.fixture(scope="module")
