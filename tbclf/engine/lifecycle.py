@@ -185,6 +185,12 @@ def rebuild_schedule(trainer: pl.Trainer) -> None:
     trainer.should_stop = False
 
 
+def _log_dir(trainer: pl.Trainer) -> str | None:
+    """The run folder. trainer.log_dir is a broadcast under DDP: every rank must ask, or rank 0
+    waits in it for ranks that never come."""
+    return trainer.log_dir
+
+
 class RunLifecycle(Callback):
     """Marks a fit finished (finished.json) or records what stopped it; applies `--extend`."""
 
@@ -193,8 +199,9 @@ class RunLifecycle(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         STOPPED.clear()
-        if trainer.is_global_zero and trainer.log_dir:
-            run_dir = Path(trainer.log_dir)
+        log_dir = _log_dir(trainer)
+        if trainer.is_global_zero and log_dir:
+            run_dir = Path(log_dir)
             (run_dir / FINISHED).unlink(missing_ok=True)
             if run_dir not in CLAIMED and run_dir not in RESUMED:
                 RESUMED.append(run_dir)  # a resumed run: marked if it stops again
@@ -212,9 +219,10 @@ class RunLifecycle(Callback):
         STOPPED["exception"] = exception
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not trainer.log_dir or trainer.interrupted:
+        log_dir = _log_dir(trainer)
+        if not trainer.is_global_zero or not log_dir or trainer.interrupted:
             return
-        run_dir = Path(trainer.log_dir)
+        run_dir = Path(log_dir)
         atomic_write_json(
             run_dir / FINISHED,
             {
