@@ -15,6 +15,7 @@ import pytest
 from cli_helpers import run_cli
 from predict_helpers import tiny_models, write_images
 
+from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
 from tbclf.io import read_output_csv
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ def test_one_and_two_processes_and_both_model_kinds_write_the_same(base: Path) -
     sidecars = {n: json.loads(p.with_suffix(".json").read_text()) for n, p in outs.items()}
     for name, side in sidecars.items():
         assert side["n"] == 31 and side["unreadable"] == [] and side["left_out"] == [], name
-        assert side["threshold"] == pytest.approx(0.5)
+        assert side[OPERATING_POINT_KEY]["threshold"] == pytest.approx(0.5)
     shared = set(sidecars["ckpt-1"]) & set(sidecars["onnx-2"])
     assert set(sidecars["ckpt-1"]) - shared == set()
     assert set(sidecars["onnx-2"]) - shared == {"model"}  # the ONNX file's own description
