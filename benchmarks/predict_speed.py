@@ -41,6 +41,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loader_speed import _xray_like as xray_like  # noqa: E402  (one synthetic X-ray)
+
 from tbclf import export  # noqa: E402
 from tbclf.data.spec import InputSpec  # noqa: E402
 from tbclf.io import atomic_write_text  # noqa: E402
@@ -52,27 +54,15 @@ BAR = re.compile(r"\|\s*(\d+)/(\d+) \[[^\]]*?([\d.]+)img/s")
 # --------------------------------------------------------------------------- data and model
 
 
-def _xray_like(height: int, width: int, seed: int, top: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    cy, cx = height * rng.uniform(0.4, 0.6), width * rng.uniform(0.4, 0.6)
-    r = np.sqrt(((yy - cy) / height) ** 2 + ((xx - cx) / width) ** 2)
-    base = 0.7 - 0.6 * r + 0.1 * np.sin(xx / rng.uniform(40, 90)) * np.cos(yy / 70.0)
-    noise = rng.normal(0.0, 0.02, (height, width)).astype(np.float32)
-    return np.clip(base + noise, 0.0, 1.0) * top
-
-
 def make_images(folder: Path, n: int, size: tuple[int, int], sixteen: bool) -> Path:
     """n PNGs (a few distinct images repeated: PNG decoding time depends on size, not content)."""
     folder.mkdir(parents=True, exist_ok=True)
     distinct = []
     for seed in range(min(n, 8)):
         if sixteen:
-            distinct.append(
-                cv2.imencode(".png", _xray_like(*size, seed, 4095).astype(np.uint16))[1]
-            )
+            distinct.append(cv2.imencode(".png", xray_like(*size, seed, bits=12))[1])
         else:
-            gray = _xray_like(*size, seed, 255).astype(np.uint8)
+            gray = xray_like(*size, seed, bits=8).astype(np.uint8)
             distinct.append(cv2.imencode(".png", cv2.merge([gray, gray, gray]))[1])
     for i in range(n):
         (folder / f"img_{i:06d}.png").write_bytes(distinct[i % len(distinct)].tobytes())
