@@ -185,12 +185,6 @@ def rebuild_schedule(trainer: pl.Trainer) -> None:
     trainer.should_stop = False
 
 
-def _log_dir(trainer: pl.Trainer) -> str | None:
-    """The run folder. trainer.log_dir is a broadcast under DDP: every rank must ask, or rank 0
-    waits in it for ranks that never come."""
-    return trainer.log_dir
-
-
 class RunLifecycle(Callback):
     """Marks a fit finished (finished.json) or records what stopped it; applies `--extend`."""
 
@@ -199,7 +193,7 @@ class RunLifecycle(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         STOPPED.clear()
-        log_dir = _log_dir(trainer)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, or rank 0 waits
         if trainer.is_global_zero and log_dir:
             run_dir = Path(log_dir)
             (run_dir / FINISHED).unlink(missing_ok=True)
@@ -219,7 +213,7 @@ class RunLifecycle(Callback):
         STOPPED["exception"] = exception
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log_dir = _log_dir(trainer)
+        log_dir = trainer.log_dir  # every rank asks (a broadcast under DDP)
         if not trainer.is_global_zero or not log_dir or trainer.interrupted:
             return
         run_dir = Path(log_dir)
