@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from pydicom.uid import JPEGExtended12Bit
 
 from tbclf.data import dicom
 from tbclf.data.datamodule import TBDataModule
+from tbclf.data.predict_set import LEFT_OUT
 from tbclf.engine import shards
-from tbclf.engine.writer import PredictionWriter
+from tbclf.engine.writer import PredictionWriter, merge
 from tbclf.errors import DataError
 from tbclf.io import read_output_csv
 from tbclf.onnx_module import OnnxModule
@@ -156,3 +158,45 @@ def test_merge_keeps_each_image_once_in_list_order(tmp_path: Path) -> None:
     # the same key keeps the parts (a resume); another model or list starts afresh
     assert shards.prepare(folder, "k") is True
     assert shards.prepare(folder, "other") is False and shards.done_ids(folder) == set()
+
+
+def test_many_images_not_scored_keep_the_sidecar_small_and_list_them_all(tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    folder = shards.parts_dir(out)
+    shards.prepare(folder, "k")
+    writer = shards.PartWriter(folder, 0, 1)
+    for i in range(130):
+        if i % 40 == 0:  # 4 scored, the rest a PACS export's CT series
+            writer.add(shards.PartRow(index=i, id=f"xr{i}", prob=0.25, decision=0))
+            continue
+        writer.add(shards.PartRow(
+            index=i, id=f"ct{i}", prob=math.nan, decision=0, status=LEFT_OUT,
+            path=f"/pacs/ct{i}.dcm", why="Modality CT is not a radiograph",
+        ))  # fmt: skip
+    writer.add(shards.PartRow(
+        index=130, id="bad", prob=math.nan, decision=0, status=shards.UNREADABLE,
+        path="/pacs/bad.dcm", why="unreadable",
+    ))  # fmt: skip
+    writer.flush()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merge(out, {"model": "m"})
+    told = sorted(str(w.message) for w in caught)
+    assert len(told) == 2 and told[0].startswith("1 image(s) unreadable")
+    assert re.match(r"126 image\(s\) left out.*not_scored\.csv.*116 more", told[1])
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert (side["n"], side["n_left_out"], side["n_unreadable"]) == (4, 126, 1)
+    assert len(side["left_out"]) == shards.LISTED and side["left_out"][0]["id"] == "ct1"
+    assert side["not_scored_csv"] == "p.not_scored.csv"
+    header, rows = read_output_csv(tmp_path / "p.not_scored.csv")
+    assert header == ["ID", "PATH", "STATUS", "WHY"] and len(rows) == 127
+    assert rows[0]["ID"] == "ct1" and rows[-1]["ID"] == "bad" and rows[-1]["STATUS"] == "unreadable"
+    assert [r["ID"] for r in read_output_csv(out)[1]] == ["xr0", "xr40", "xr80", "xr120"]
+    # a later run that scored everything leaves no stale list behind
+    shards.prepare(folder, "k2")
+    writer = shards.PartWriter(folder, 0, 1)
+    writer.add(shards.PartRow(index=0, id="xr0", prob=0.5, decision=1))
+    writer.flush()
+    merge(out, {"model": "m"})
+    assert not (tmp_path / "p.not_scored.csv").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["not_scored_csv"] is None

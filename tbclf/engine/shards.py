@@ -203,18 +203,31 @@ def merged_rows(folder: Path) -> Iterator[PartRow]:
         yield row
 
 
+# The sidecar names the first of the images not scored; all of them go to a CSV beside it, so a
+# PACS export with 100,000 CT series neither bloats the sidecar nor fills memory.
+LISTED = 50
+
+
 @dataclass
 class MergeSummary:
     n_scored: int
     with_truth: bool
-    unreadable: list[dict[str, str]]
-    left_out: list[dict[str, str]]
+    unreadable: list[dict[str, str]]  # the first LISTED of them
+    left_out: list[dict[str, str]]  # the first LISTED of them
     positions: int
+    n_unreadable: int = 0
+    n_left_out: int = 0
+
+    @property
+    def n_not_scored(self) -> int:
+        return self.n_unreadable + self.n_left_out
 
 
 def summarize(folder: Path) -> MergeSummary:
-    """First pass over the parts: counts, whether any image has a label, the images not scored."""
+    """First pass over the parts: counts, whether any image has a label, the first images of
+    each kind not scored (memory stays flat however many there are)."""
     n, truth, positions = 0, False, 0
+    counts = {UNREADABLE: 0, "left_out": 0}
     unreadable: list[dict[str, str]] = []
     left_out: list[dict[str, str]] = []
     for row in merged_rows(folder):
@@ -223,9 +236,21 @@ def summarize(folder: Path) -> MergeSummary:
             n += 1
             truth = truth or row.truth is not None
             continue
-        entry = {"id": row.id, "path": row.path, "why": row.why}
-        (unreadable if row.status == UNREADABLE else left_out).append(entry)
-    return MergeSummary(n, truth, unreadable, left_out, positions)
+        kind = UNREADABLE if row.status == UNREADABLE else "left_out"
+        counts[kind] += 1
+        listed = unreadable if kind == UNREADABLE else left_out
+        if len(listed) < LISTED:
+            listed.append({"id": row.id, "path": row.path, "why": row.why})
+    return MergeSummary(
+        n, truth, unreadable, left_out, positions, counts[UNREADABLE], counts["left_out"]
+    )
+
+
+def not_scored_rows(folder: Path) -> Iterator[list[str]]:
+    """Every image not scored, in list order, as ID, PATH, STATUS, WHY."""
+    for row in merged_rows(folder):
+        if row.status != SCORED:
+            yield [row.id, row.path, row.status, row.why]
 
 
 def scored_rows(folder: Path) -> Iterator[PartRow]:
@@ -236,7 +261,7 @@ def remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def listing(entries: Sequence[dict[str, str]], limit: int = 10) -> str:
+def listing(entries: Sequence[dict[str, str]], total: int, limit: int = 10) -> str:
     shown = "; ".join(f"{e['path'] or e['id']} ({e['why']})" for e in entries[:limit])
-    more = f"; ... and {len(entries) - limit} more" if len(entries) > limit else ""
+    more = f"; ... and {total - limit} more" if total > limit else ""
     return shown + more

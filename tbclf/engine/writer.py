@@ -26,8 +26,11 @@ from tbclf.engine.predictions import FIELDS, check_output_free, write_prediction
 from tbclf.engine.provenance import model_record
 from tbclf.errors import DataError
 from tbclf.evaluation.report import sidecar_path
+from tbclf.io import write_csv
 
 __all__ = ["FIELDS", "PredictionWriter", "prediction_record"]
+
+NOT_SCORED_FIELDS = ["ID", "PATH", "STATUS", "WHY"]
 
 
 def prediction_record(pl_module: pl.LightningModule, checkpoint: str | None) -> dict[str, Any]:
@@ -153,12 +156,22 @@ def merge(path: Path, record: dict[str, Any] | None) -> Path:
     """The parts beside ``path`` as the one CSV and its sidecar; then the parts are removed."""
     folder = shards.parts_dir(path)
     summary = shards.summarize(folder)
-    extra = {"unreadable": summary.unreadable, "left_out": summary.left_out}
-    for entries, what in ((summary.unreadable, "unreadable"), (summary.left_out, "left out")):
-        if entries:
+    extra = {
+        "unreadable": summary.unreadable,
+        "left_out": summary.left_out,
+        "n_unreadable": summary.n_unreadable,
+        "n_left_out": summary.n_left_out,
+        "not_scored_csv": write_not_scored(path, folder, summary.n_not_scored),
+    }
+    where = extra["not_scored_csv"] or sidecar_path(path).name
+    for entries, total, what in (
+        (summary.unreadable, summary.n_unreadable, "unreadable"),
+        (summary.left_out, summary.n_left_out, "left out"),
+    ):
+        if total:
             warnings.warn(
-                f"{len(entries)} image(s) {what}, listed with why in {sidecar_path(path)}: "
-                f"{shards.listing(entries)}",
+                f"{total} image(s) {what}, listed with why in {path.parent / where}: "
+                f"{shards.listing(entries, total)}",
                 stacklevel=2,
             )
     rows = ((r.id, r.prob, r.decision, r.truth) for r in shards.scored_rows(folder))
@@ -169,6 +182,22 @@ def merge(path: Path, record: dict[str, Any] | None) -> Path:
     told = f" (threshold and model: {sidecar_path(written)})" if record else ""
     print(f"wrote {summary.n_scored} predictions to {written}{told}")
     return written
+
+
+def not_scored_path(path: Path) -> Path:
+    """Beside predictions.csv: every image the run did not score, with why."""
+    return path.with_name(f"{path.stem}.not_scored.csv")
+
+
+def write_not_scored(path: Path, folder: Path, n: int) -> str | None:
+    """All images not scored as a CSV (streamed, atomic), or none, so that an older run's list
+    never sits beside new predictions; its name, for the sidecar."""
+    target = not_scored_path(path)
+    if not n:
+        target.unlink(missing_ok=True)
+        return None
+    write_csv(target, NOT_SCORED_FIELDS, shards.not_scored_rows(folder))
+    return target.name
 
 
 def _rows(prediction: dict[str, Any], batch: Any, counter: int):
