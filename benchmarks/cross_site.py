@@ -150,7 +150,8 @@ def rethreshold_draws(
     None when the site has too few images of a class to leave at least as many to score."""
     import numpy as np
 
-    from tbclf.evaluation.threshold import pick_threshold, sensitivity_specificity
+    from tbclf.evaluation.operating_point import choose_operating_point
+    from tbclf.evaluation.threshold import sensitivity_specificity
 
     p, y = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -162,7 +163,9 @@ def rethreshold_draws(
         pick = np.concatenate([rng.choice(pos, per_class, replace=False),
                                rng.choice(neg, per_class, replace=False)])  # fmt: skip
         rest = np.setdiff1d(np.arange(len(y)), pick)
-        threshold = pick_threshold(p[pick], y[pick], "sensitivity", target)
+        point = choose_operating_point(p[pick], y[pick], "sensitivity", target,
+                                       source="site validation")  # fmt: skip
+        threshold = point.threshold
         se, sp = sensitivity_specificity(p[rest], y[rest], threshold)
         sens.append(se)
         spec.append(sp)

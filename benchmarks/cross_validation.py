@@ -163,8 +163,9 @@ def test_time_levers(ckpt: str, data, row: dict) -> dict:
     returns the TTA test probabilities (ordered like the test predictions)."""
     from tbclf.engine.scoring import score_loader
     from tbclf.evaluation import calibration as cal
+    from tbclf.evaluation.operating_point import choose_operating_point
     from tbclf.evaluation.roc import auroc
-    from tbclf.evaluation.threshold import pick_threshold, sensitivity_specificity
+    from tbclf.evaluation.threshold import sensitivity_specificity
     from tbclf.models.loading import load_classifier
 
     model = load_classifier(ckpt)
@@ -172,8 +173,9 @@ def test_time_levers(ckpt: str, data, row: dict) -> dict:
     extra = {}
     for name, tta in (("", False), ("_tta", True)):
         v, t = score_loader(model, val, tta), score_loader(model, test, tta)
-        thr = pick_threshold(v["prob"], v["label"], model.threshold_strategy,
-                             model.target_sensitivity)  # fmt: skip
+        point = choose_operating_point(v["prob"], v["label"], model.threshold_strategy,
+                                       model.target_sensitivity, source="validation")  # fmt: skip
+        thr = point.threshold
         sens, spec = sensitivity_specificity(t["prob"], t["label"], thr)
         temp = cal.fit_temperature(v["logit"], v["label"])
         calibrated = reported_probability(t["logit"], temp).numpy()
@@ -325,11 +327,15 @@ def combine(members: list[dict]) -> dict:
 
 def evaluate(scores: dict) -> dict:
     """Threshold for 90% sensitivity on the validation part, applied to the test part."""
+    from tbclf.evaluation.operating_point import choose_operating_point
     from tbclf.evaluation.roc import auroc
-    from tbclf.evaluation.threshold import pick_threshold, sensitivity_specificity
+    from tbclf.evaluation.threshold import sensitivity_specificity
 
     val, test = scores["val"], scores["test"]
-    threshold = pick_threshold(val["prob"], val["label"], "sensitivity", 0.9)
+    point = choose_operating_point(
+        val["prob"], val["label"], "sensitivity", 0.9, source="validation"
+    )
+    threshold = point.threshold
     sens, spec = sensitivity_specificity(test["prob"], test["label"], threshold)
     return {
         "val_auroc": auroc(val["prob"].tolist(), val["label"].tolist()),

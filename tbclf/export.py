@@ -14,7 +14,7 @@ import copy
 import json
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -493,3 +493,93 @@ def metadata_operating_point(meta: dict[str, str], where: str) -> OperatingPoint
             f"{where}: no readable operating point in its tbclf metadata ({error}); export it "
             "again with `python -m tbclf export --ckpt_path best.ckpt`."
         ) from None
+
+
+# --------------------------------------------------------------------------- a checkpoint
+
+
+def default_out(ckpt_path: str | Path) -> Path:
+    """model.onnx in the checkpoint's run folder, else <checkpoint stem>.onnx beside it."""
+    run_dir = run_dir_of(ckpt_path)
+    return run_dir / "model.onnx" if run_dir is not None else Path(ckpt_path).with_suffix(".onnx")
+
+
+def int8_path(out: Path) -> Path:
+    """Where the INT8 model goes: beside the fp32 one, so the pair is found together."""
+    return out.with_name(f"{out.stem}.int8.onnx")
+
+
+def check_images_of(
+    model: torch.nn.Module,
+    run_dir: Path | None,
+    n: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    log: Callable[[str], None] = print,
+) -> np.ndarray | None:
+    """Up to ``n`` of the run's test images to compare ONNX and PyTorch on (None: the run or
+    its data is not there, and random images will do)."""
+    if run_dir is None or not (run_dir / "split.json").is_file() or n <= 0:
+        return None
+    try:
+        test = run_split(run_dir, max_pixels).get("test", [])
+    except ConfigError as error:  # data moved: compare on random images instead
+        log(f"note: {error}")
+        test = []
+    return prepare_images(model.input_spec, [r.path for r in _spread(test, n)], max_pixels)
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    opset: int = OPSET,
+    int8: bool = False,
+    calibration_images: int = 64,
+    max_auroc_change: float = MAX_INT8_AUROC_CHANGE,
+    tta: bool = False,
+    check_images: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`tbclf export`: the checkpoint as ONNX (and INT8 when asked), every refusal checked
+    before the slow work starts."""
+    from tbclf.models.loading import load_classifier
+
+    out = Path(out) if out else default_out(ckpt_path)
+    refuse_existing(out, overwrite)
+    if int8:
+        refuse_existing(int8_path(out), overwrite)
+    if max_auroc_change > MAX_INT8_AUROC_CHANGE:
+        raise ConfigError(
+            f"--max_auroc_change {max_auroc_change} is above the project's limit of "
+            f"{MAX_INT8_AUROC_CHANGE}."
+        )
+    model = load_classifier(ckpt_path)
+    run_dir = run_dir_of(ckpt_path)
+    check = check_images_of(model, run_dir, check_images, max_pixels, log)
+    path, diff = export_onnx(
+        model, out, run=training_run(ckpt_path), check_images=check, overwrite=overwrite,
+        opset=opset, tta=tta,
+    )  # fmt: skip
+    what = f"{len(check)} test images" if check is not None and len(check) else "random images"
+    log(f"wrote {path} (opset {opset}); max |P_onnx - P_torch| = {diff:.2e} on {what}")
+    result: dict[str, Any] = {"onnx": str(path), "max_prob_diff": diff}
+    if not int8:
+        return result
+    if run_dir is None:
+        raise ConfigError(
+            f"--int8 calibrates on the run's training images, but {ckpt_path} is not in "
+            "a run folder (runs/NAME/version_N/checkpoints/)."
+        )
+    q_path, q = export_int8(
+        path, int8_path(out), run_dir, n_calibration=calibration_images,
+        max_change=max_auroc_change, overwrite=overwrite, max_pixels=max_pixels,
+    )  # fmt: skip
+    log(
+        f"wrote {q_path}: test AUROC {q.auroc_fp32:.4f} (fp32) -> {q.auroc_int8:.4f} "
+        f"(int8), change {q.change:+.4f} on {q.n_test} test images; calibrated on "
+        f"{q.n_calibration} training images"
+    )
+    result.update(int8=str(q_path), auroc_fp32=q.auroc_fp32, auroc_int8=q.auroc_int8)
+    return result

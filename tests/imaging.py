@@ -177,3 +177,19 @@ def make_dataset(
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
     return expected
+
+
+def fake_nlm_download(monkeypatch, n_per_class: int, size: int = 40) -> list[Path]:
+    """Replace the NLM download with one that writes a small NLM set where it is asked to (no
+    network); returns the roots it was asked for, in order, so a test sees who downloaded."""
+    import tbclf.data.download as download
+
+    calls: list[Path] = []
+
+    def fake_download(root, *args, **kwargs):
+        calls.append(Path(root))
+        make_dataset(root, "nlm", n_per_class=n_per_class, size=size)
+        return []
+
+    monkeypatch.setattr(download, "ensure_nlm_data", fake_download)
+    return calls

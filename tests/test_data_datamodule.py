@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from imaging import make_dataset, make_png
+from imaging import fake_nlm_download, make_dataset, make_png
 from torch.utils.data import DataLoader
 
 import tbclf.data.imageio as imageio
@@ -276,16 +276,7 @@ def test_user_errors_name_the_option(tmp_path: Path) -> None:
 
 
 def test_download_fills_an_empty_root(tmp_path: Path, monkeypatch) -> None:
-    calls: list[Path] = []
-
-    def fake_download(root, *args, **kwargs):
-        calls.append(Path(root))
-        make_dataset(root, "nlm", n_per_class=4, size=40)
-        return []
-
-    import tbclf.data.download as download
-
-    monkeypatch.setattr(download, "ensure_nlm_data", fake_download)
+    calls = fake_nlm_download(monkeypatch, n_per_class=4)
     root = tmp_path / "nlm"
     with pytest.raises(DataError, match="does not exist"):
         module(tmp_path, root=root).setup("fit")

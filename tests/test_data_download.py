@@ -324,14 +324,26 @@ def _manifest(root: Path) -> dict:
     return json.loads((root / MANIFEST_NAME).read_text())
 
 
+def _fetch_montgomery(root: Path, server: FileServer, **options) -> None:
+    ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False, **options)
+
+
+def _serve_and_fetch_montgomery(
+    tmp_path: Path, server: FileServer, **options
+) -> tuple[Path, bytes]:
+    """A fresh Montgomery zip served and fetched into tmp_path/data: (root, the zip's bytes)."""
+    data = nlm_zip(tmp_path, "montgomery")
+    server.files[f"/{NLM_ARCHIVES['montgomery'].filename}"] = data
+    root = tmp_path / "data"
+    _fetch_montgomery(root, server, **options)
+    return root, data
+
+
 def test_first_download_is_recorded_and_later_ones_must_match(
     tmp_path: Path, server: FileServer
 ) -> None:
     archive = NLM_ARCHIVES["montgomery"]
-    first = nlm_zip(tmp_path, "montgomery")
-    server.files[f"/{archive.filename}"] = first
-    root = tmp_path / "data"
-    ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    root, first = _serve_and_fetch_montgomery(tmp_path, server)
     entry = _manifest(root)["archives"][archive.filename]
     assert entry["size"] == len(first)
     assert entry["sha256"] == hashlib.sha256(first).hexdigest()
@@ -343,7 +355,7 @@ def test_first_download_is_recorded_and_later_ones_must_match(
     other = nlm_zip(tmp_path / "other", "montgomery", n_per_class=3)
     server.files[f"/{archive.filename}"] = other
     with pytest.raises(DataError) as err:
-        ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+        _fetch_montgomery(root, server)
     msg = str(err.value)
     assert archive.filename in msg and str(root.absolute() / MANIFEST_NAME) in msg
     assert hashlib.sha256(other).hexdigest() in msg and entry["sha256"] in msg
@@ -354,7 +366,7 @@ def test_first_download_is_recorded_and_later_ones_must_match(
 
     # The same bytes again: verified against the record and extracted.
     server.files[f"/{archive.filename}"] = first
-    ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+    _fetch_montgomery(root, server)
     assert len(discover(root)) == 4
 
 
@@ -371,7 +383,7 @@ def test_truncated_re_download_is_refused_against_the_record(
     # The server's copy is cut short but says so consistently (a bad mirror, not a hang-up).
     server.files[f"/{archive.filename}"] = data[:-100]
     with pytest.raises(DataError) as err:
-        ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+        _fetch_montgomery(root, server)
     msg = str(err.value)
     assert f"{len(data) - 100} bytes (expected {len(data)})" in msg
     assert hashlib.sha256(data[:-100]).hexdigest() in msg and "http://mirror/first" in msg
@@ -381,12 +393,7 @@ def test_existing_archive_is_verified_against_the_record(
     tmp_path: Path, server: FileServer
 ) -> None:
     archive = NLM_ARCHIVES["montgomery"]
-    data = nlm_zip(tmp_path, "montgomery")
-    server.files[f"/{archive.filename}"] = data
-    root = tmp_path / "data"
-    ensure_nlm_data(
-        root, sources=["montgomery"], base_urls=server.url, progress=False, keep_archives=True
-    )
+    root, data = _serve_and_fetch_montgomery(tmp_path, server, keep_archives=True)
     kept = root / ".downloads" / archive.filename
     assert kept.read_bytes() == data
     # The kept archive changes on disk (same size) and the scans are gone: refused, kept.
@@ -397,7 +404,7 @@ def test_existing_archive_is_verified_against_the_record(
     kept.write_bytes(bytes(changed))
     n = len(server.requests)
     with pytest.raises(DataError) as err:
-        ensure_nlm_data(root, sources=["montgomery"], base_urls=server.url, progress=False)
+        _fetch_montgomery(root, server)
     msg = str(err.value)
     assert str(kept) in msg and "already on disk" in msg and "Delete it and retry" in msg
     assert hashlib.sha256(changed).hexdigest() in msg and hashlib.sha256(data).hexdigest() in msg
@@ -427,19 +434,11 @@ def test_only_prepare_data_downloads_under_a_trainer(tmp_path: Path, monkeypatch
     """Lightning runs prepare_data once per machine; setup() on every DDP rank never fetches."""
     from types import SimpleNamespace
 
-    from imaging import make_dataset
+    from imaging import fake_nlm_download
 
-    import tbclf.data.download as download
     from tbclf.data.datamodule import TBDataModule
 
-    calls: list[Path] = []
-
-    def fake_download(root, *args, **kwargs):
-        calls.append(Path(root))
-        make_dataset(root, "nlm", n_per_class=10, size=40)
-        return []
-
-    monkeypatch.setattr(download, "ensure_nlm_data", fake_download)
+    calls = fake_nlm_download(monkeypatch, n_per_class=10)
     root = tmp_path / "nlm"
 
     def datamodule() -> TBDataModule:

@@ -40,12 +40,19 @@ def test_nlm_layout(tmp_path: Path, layout: str) -> None:
     assert all(r.path.is_file() and r.path.is_absolute() for r in records)
 
 
-@pytest.mark.parametrize("layout", ["auto", "zindi"])
-def test_zindi_layout(tmp_path: Path, layout: str) -> None:
-    expected = make_dataset(tmp_path, "zindi", n_per_class=3)
+def _one_source_set(tmp_path: Path, kind: str, layout: str) -> tuple[list, dict]:
+    """A `kind` set of 3 images per class at tmp_path, discovered whole as one source: the
+    records and the {id: label} that was written."""
+    expected = make_dataset(tmp_path, kind, n_per_class=3)
     records = discover(tmp_path, layout)
     assert as_dict(records) == expected
-    assert {r.source for r in records} == {"zindi"}
+    assert {r.source for r in records} == {kind}
+    return records, expected
+
+
+@pytest.mark.parametrize("layout", ["auto", "zindi"])
+def test_zindi_layout(tmp_path: Path, layout: str) -> None:
+    records, _ = _one_source_set(tmp_path, "zindi", layout)
     assert all(r.path == tmp_path / f"{r.id}.png" for r in records)
 
 
@@ -59,10 +66,7 @@ def test_zindi_csv_without_label_is_an_unlabeled_set(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("layout", ["auto", "folders"])
 def test_folders_layout_at_the_root(tmp_path: Path, layout: str) -> None:
-    expected = make_dataset(tmp_path, "folders", n_per_class=3)
-    records = discover(tmp_path, layout)
-    assert as_dict(records) == expected
-    assert {r.source for r in records} == {"folders"}
+    records, expected = _one_source_set(tmp_path, "folders", layout)
     assert [r.id for r in records] == sorted(expected)
 
 

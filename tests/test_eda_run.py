@@ -44,18 +44,19 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
     return {r["id"]: r for r in csv.DictReader((out / "per_image.csv").open())}
 
 
-def test_eda_numbers_on_known_images(tmp_path):
+def _eda_of_known_images(tmp_path: Path, **options) -> tuple[dict, Path, dict]:
+    """The images of `_dataset`, their EDA at their own size in tmp_path/eda, and its stats."""
     imgs = _dataset(tmp_path / "data")
     out = tmp_path / "eda"
     stats = run_eda(
-        tmp_path / "data",
-        out,
-        preprocessing="none",
-        image_size=32,
-        crop_border=False,
-        progress=False,
-        num_workers=1,
-        pca_components=2,
+        tmp_path / "data", out, image_size=32, crop_border=False, progress=False, **options
+    )
+    return imgs, out, stats
+
+
+def test_eda_numbers_on_known_images(tmp_path):
+    imgs, out, stats = _eda_of_known_images(
+        tmp_path, preprocessing="none", num_workers=1, pca_components=2
     )
     assert stats["counts"]["by_class"] == {"healthy": 5, "tb": 3}
     assert stats["views"] == ["raw"]
@@ -103,18 +104,8 @@ def test_eda_numbers_on_known_images(tmp_path):
 
 
 def test_eda_preprocessed_view_matches_cv2_clahe(tmp_path):
-    imgs = _dataset(tmp_path / "data")
-    out = tmp_path / "eda"
-    stats = run_eda(
-        tmp_path / "data",
-        out,
-        preprocessing="clahe",
-        image_size=32,
-        crop_border=False,
-        clahe_clip_limit=2.0,
-        clahe_tile_grid=4,
-        progress=False,
-        figures=False,
+    imgs, out, stats = _eda_of_known_images(
+        tmp_path, preprocessing="clahe", clahe_clip_limit=2.0, clahe_tile_grid=4, figures=False
     )
     assert stats["figures"] == {}
     assert "class difference" not in (out / "summary.md").read_text()

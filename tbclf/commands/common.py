@@ -51,6 +51,14 @@ def command_parser(
 REPLACE = "replace the outputs of an earlier run in --out"
 
 
+def parsed_options(parser: ArgumentParser, argv: list[str]) -> dict[str, Any]:
+    """The options as keyword arguments for the library call that does the work (--config
+    only fed them, so it is not one)."""
+    options = parser.parse_args(argv).as_dict()
+    options.pop("config", None)
+    return options
+
+
 def add_tta(parser: ArgumentParser, note: str = "", optional: bool = False) -> None:
     """The ``--tta`` flag: P(TB) averaged over the test-time views (``optional``: None means
     "as the model file says", for exported models that carry the choice)."""

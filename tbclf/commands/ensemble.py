@@ -14,28 +14,12 @@ model that never saw it); otherwise it is the members' mean threshold.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tbclf.commands.common import OUT, REPLACE, command_parser
-from tbclf.data.layouts import discover, discover_predict
-from tbclf.engine.ensemble import (
-    ensemble_scores,
-    group_members,
-    load_members,
-    oof_scores,
-    shared_validation,
-)
-from tbclf.engine.predictions import write_predictions
+from tbclf.engine.ensemble import group_members
+from tbclf.engine.ensemble_run import run_ensemble
 from tbclf.errors import ConfigError
-from tbclf.evaluation import calibration as cal
-from tbclf.evaluation.operating_point import KEY as OPERATING_POINT_KEY
-from tbclf.evaluation.operating_point import OperatingPoint, choose_operating_point
-from tbclf.evaluation.probability import DECISION_RULE, decide, reported_probability
-from tbclf.evaluation.roc import auroc
-from tbclf.evaluation.threshold import goal_text
 from tbclf.io import check_can_write
 
 OUTPUTS = ("predictions.csv", "predictions.json", "report")
@@ -77,96 +61,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     paths = [*(args.ckpt_path or []), *(group_members(args.group) if args.group else [])]
     if not paths:
         raise ConfigError("name the members: --ckpt_path A --ckpt_path B, or --group RUN_GROUP")
-    models = load_members(paths)
-    first = models[0]
-    info: dict[str, Any] = {
-        "members": [str(p) for p in paths],
-        "member_thresholds": [float(m.threshold) for m in models],
-        "tta": args.tta,
-    }
-    temperature = 1.0
-    strategy, target = first.threshold_strategy, first.target_sensitivity
-    shared = None if args.val_root else shared_validation(paths)
-    if args.calibrate and not (args.val_root or shared):
-        raise ConfigError(
-            "--calibrate needs labelled images no member trained on: pass --val_root (or "
-            "members from run folders that share one validation split)"
-        )
-    if args.val_root or shared:
-        if args.val_root:
-            records, where = (
-                discover(Path(args.val_root)),
-                f"the labelled images in {args.val_root}",
-            )
-            chosen_on = {"val_root": str(args.val_root)}
-        else:
-            records, split_json = shared
-            where = f"the validation split all members held out ({split_json})"
-            chosen_on = {"split_file": str(split_json)}
-        val = ensemble_scores(models, records, args.tta, args.batch_size)
-        if args.calibrate:
-            temperature = cal.fit_temperature(val["logit"], val["label"])
-        val_prob = reported_probability(val["logit"], temperature).numpy()
-        point = choose_operating_point(
-            val_prob,
-            val["label"],
-            strategy,
-            target,
-            source="ensemble validation",
-            description=f"chosen on the ensemble's own predictions for {where}{_goal(first)}",
-            temperature=temperature,
-            **chosen_on,
-        )
-        info["val_auroc"] = auroc(val_prob.tolist(), val["label"].tolist())
-        info["val"] = {
-            **cal.calibration_metrics(val["prob"], val["label"], "before_"),
-            **cal.calibration_metrics(val_prob, val["label"], "after_"),
-        }
-    elif args.group:
-        oof = oof_scores(args.group)
-        point = choose_operating_point(
-            oof["prob"],
-            oof["label"],
-            strategy,
-            target,
-            source="out-of-fold",
-            description=f"chosen on the pooled out-of-fold predictions of {args.group} (each "
-            f"image scored by the fold model that never saw it){_goal(first)}; single models, "
-            "not the ensemble: --val_root picks it on the ensemble's own",
-            group=str(args.group),
-        )
-    else:
-        point = OperatingPoint(
-            threshold=float(np.mean(info["member_thresholds"])),
-            strategy=strategy,
-            target_sensitivity=target if strategy == "sensitivity" else None,
-            source="members",
-            description="the mean of the members' validation thresholds (no --val_root given)",
-        )
-    threshold = point.threshold
-    scores = ensemble_scores(models, discover_predict(Path(args.predict_root)), args.tta,
-                             args.batch_size)  # fmt: skip
-    prob = reported_probability(scores["logit"], point.temperature).numpy()
-    rows = [
-        (i, float(p), int(decide(p, threshold)), None if np.isnan(y) else int(y))
-        for i, p, y in zip(scores["id"], prob, scores["label"], strict=True)
-    ]
-    record = {
-        OPERATING_POINT_KEY: point.to_dict(),
-        "decision_rule": DECISION_RULE,
-        "model_class": f"ensemble of {len(models)} {type(first).__name__}",
-        "input_spec": first.input_spec.to_dict(),
-        "ensemble": info,
-    }
-    path = write_predictions(out / "predictions.csv", rows, record)
-    print(f"{len(rows)} images scored by {len(models)} models -> {path}")
-    if args.report and all(r[3] is not None for r in rows):
-        from tbclf.evaluation.report import report_from_csv
-
-        report_from_csv(path, out / "report", overwrite=True)
-        print(f"report written to {out / 'report' / 'report.md'}")
-    return {**info, OPERATING_POINT_KEY: point.to_dict()}
-
-
-def _goal(model: Any) -> str:
-    return goal_text(model.threshold_strategy, model.target_sensitivity)
+    return run_ensemble(
+        paths,
+        args.predict_root,
+        out,
+        val_root=args.val_root,
+        group=args.group,
+        tta=args.tta,
+        calibrate=args.calibrate,
+        report=args.report,
+        batch_size=args.batch_size,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import OUT, REPLACE, command_parser
+from tbclf.commands.common import OUT, REPLACE, command_parser, parsed_options
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -36,8 +36,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap of the F1 interval")
     parser.add_argument("--seed", type=int, default=0)
-    cfg = parser.parse_args(argv).as_dict()
-    cfg.pop("config", None)
+    cfg = parsed_options(parser, argv)
     out = cfg.pop("out")
     result = report_from_csv(cfg.pop("predictions"), out, labels_csv=cfg.pop("labels"), **cfg)
     print(f"report written to {Path(out) / 'report.md'}")

@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tbclf.commands.common import CHECKPOINT, command_parser
-from tbclf.engine.site_threshold import rethreshold_checkpoint
-from tbclf.errors import ConfigError
-
-# Below this many images of a class the chosen point is mostly noise: say so.
-FEW = 20
+from tbclf.engine.site_threshold import refuse_out, rethreshold_checkpoint, what_changed
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -44,28 +40,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     src, out = Path(args.ckpt_path), Path(args.out)
-    if out.exists() and out.resolve() == src.resolve():
-        raise ConfigError(f"--out {out} is the input checkpoint; write the copy elsewhere.")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite true to replace it.")
+    refuse_out(src, out, args.overwrite)
     result = rethreshold_checkpoint(
         src, Path(args.val_root), out, args.strategy, args.target_sensitivity, args.calibrate,
         args.batch_size,
     )  # fmt: skip
-    old_threshold, threshold = result["old_threshold"], result["threshold"]
-    n_tb, n_healthy = result["n_tb"], result["n_healthy"]
-    old_sens, sens = result["site_sensitivity_before"], result["site_sensitivity"]
-    old_spec, spec = result["site_specificity_before"], result["site_specificity"]
-    print(
-        f"{out}: threshold {old_threshold:.4f} -> {threshold:.4f} on {n_tb} TB / {n_healthy} "
-        f"healthy images of {args.val_root}; there sensitivity {old_sens:.2f} -> {sens:.2f}, "
-        f"specificity {old_spec:.2f} -> {spec:.2f} (these are the images it was chosen on: "
-        "confirm it on other images of the site with `tbclf test` or `tbclf report`)."
-    )
-    if min(n_tb, n_healthy) < FEW:
-        print(
-            f"note: fewer than {FEW} images of a class: the sensitivity this threshold gives on "
-            "the site's next patients is uncertain (95% interval of the one seen here: "
-            f"{result['sensitivity_ci'][0]:.2f}-{result['sensitivity_ci'][1]:.2f})."
-        )
+    print(what_changed(result, args.val_root))
     return result

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, add_tta, command_parser
+from tbclf.commands.common import CHECKPOINT, OUT, REPLACE, add_tta, command_parser, parsed_options
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
 
 
 def main(argv: list[str]) -> dict[str, Any]:
     """Saliency maps of several grad-cam methods and baselines against boxes, with a summary."""
-    from tbclf.data.layouts import discover_predict
-    from tbclf.explain.boxes import UNMATCHED, match_boxes, read_boxes
-    from tbclf.explain.saliency import BASELINES, METHODS, ROAD_PERCENTILES, run_saliency
-    from tbclf.explain.saliency_report import write_outputs
-    from tbclf.models.loading import load_classifier
+    from tbclf.explain.boxes import UNMATCHED
+    from tbclf.explain.saliency import BASELINES, METHODS, ROAD_PERCENTILES
+    from tbclf.explain.saliency_study import saliency_study
 
     parser = command_parser(
         "saliency",
@@ -61,42 +58,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
     add_tta(parser)
-    cfg = parser.parse_args(argv)
-    model = load_classifier(cfg.ckpt_path)
-    matched = match_boxes(discover_predict(Path(cfg.images)), read_boxes(cfg.boxes), cfg.unmatched)
-    pairs = matched.pairs[: cfg.max_images] if cfg.max_images else matched.pairs
-    run = run_saliency(
-        model,
-        pairs,
-        methods=cfg.methods,
-        baselines=cfg.baselines,
-        batch_size=cfg.batch_size,
-        scorecam_batch_size=cfg.scorecam_batch_size,
-        method_max_images=cfg.method_max_images,
-        road=cfg.road,
-        road_max_images=cfg.road_max_images,
-        road_percentiles=cfg.road_percentiles,
-        seed=cfg.seed,
-        max_pixels=cfg.max_pixels,
-        log=print,
-        tta=cfg.tta,
-    )
-    summary = write_outputs(
-        run,
-        cfg.out,
-        per_row=cfg.per_row,
-        seed=cfg.seed,
-        overwrite=cfg.overwrite,
-        extra={
-            "checkpoint": str(cfg.ckpt_path),
-            "model": type(model).__name__,
-            "skipped_without_boxes": matched.without_boxes,
-            "skipped_without_image": matched.without_image,
-        },
-    )
-    sens = summary["sensitivity"]
-    print(
-        f"{summary['n_images']} images scored; sensitivity {sens['tp']}/{sens['n']}; "
-        f"written to {Path(cfg.out) / 'summary.md'}"
-    )
-    return summary
+    cfg = parsed_options(parser, argv)
+    paths = [cfg.pop(name) for name in ("ckpt_path", "images", "boxes", "out")]
+    return saliency_study(*paths, **cfg)

@@ -609,10 +609,46 @@ def read_zindi_csv(csv_path: Path, image_root: Path | None = None) -> list[Recor
     """
     csv_path = Path(csv_path).absolute()
     image_root = (Path(image_root) if image_root is not None else csv_path.parent).absolute()
+    rows = _zindi_rows(csv_path)
+    index = _ImageIndex(image_root)
+    records: list[tuple[str, Record]] = []
+    missing: list[str] = []
+    root_real = os.path.realpath(image_root)
+    for line, image_id, label, rel, with_ext in rows:
+        found = index.find(rel, with_ext)
+        if found is None:
+            expected = image_root / (rel if with_ext else rel.with_name(rel.name + ".png"))
+            missing.append(f"line {line} (ID {image_id}): expected {expected}")
+            continue
+        if not _inside(os.path.realpath(found), root_real):
+            raise DataError(
+                f"{csv_path} line {line}: image {found} resolves outside the data root "
+                f"{image_root} (symlink?). Copy the image into the data root."
+            )
+        rel_found = found.relative_to(image_root).as_posix()
+        records.append((rel_found, Record(id=image_id, path=found, label=label, source="zindi")))
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        searched = ", ".join(f"{image_root / d}" for d in ZINDI_IMAGE_DIRS if d) or ""
+        raise DataError(
+            f"{len(missing)} image(s) listed in {csv_path} are missing:\n  {shown}{more}\n"
+            f"Also searched: {searched}. Put the images there (<ID>.png) or add a filename column."
+        )
+    records.sort(key=lambda t: t[0])
+    return [r for _, r in records]
+
+
+# (line, ID, label, path relative to the image root, whether that path has its extension)
+_ZindiRow = tuple[int, str, int | None, PurePosixPath, bool]
+
+
+def _zindi_rows(csv_path: Path) -> list[_ZindiRow]:
+    """The CSV's rows checked before any image is looked for: an ID column, no empty or
+    repeated ID, paths that stay inside the data root."""
     header: list[str] | None = None
     columns: dict[str, int] = {}
-    index = _ImageIndex(image_root)
-    rows: list[tuple[int, str, int | None, PurePosixPath, bool]] = []
+    rows: list[_ZindiRow] = []
     for line, row in _csv_rows(csv_path):
         if not any(cell.strip() for cell in row):
             continue
@@ -654,30 +690,4 @@ def read_zindi_csv(csv_path: Path, image_root: Path | None = None) -> list[Recor
                 f"{line}. Each image must be listed once; remove the duplicate."
             )
         first_line[image_id] = line
-
-    records: list[tuple[str, Record]] = []
-    missing: list[str] = []
-    root_real = os.path.realpath(image_root)
-    for line, image_id, label, rel, with_ext in rows:
-        found = index.find(rel, with_ext)
-        if found is None:
-            expected = image_root / (rel if with_ext else rel.with_name(rel.name + ".png"))
-            missing.append(f"line {line} (ID {image_id}): expected {expected}")
-            continue
-        if not _inside(os.path.realpath(found), root_real):
-            raise DataError(
-                f"{csv_path} line {line}: image {found} resolves outside the data root "
-                f"{image_root} (symlink?). Copy the image into the data root."
-            )
-        rel_found = found.relative_to(image_root).as_posix()
-        records.append((rel_found, Record(id=image_id, path=found, label=label, source="zindi")))
-    if missing:
-        shown = "\n  ".join(missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        searched = ", ".join(f"{image_root / d}" for d in ZINDI_IMAGE_DIRS if d) or ""
-        raise DataError(
-            f"{len(missing)} image(s) listed in {csv_path} are missing:\n  {shown}{more}\n"
-            f"Also searched: {searched}. Put the images there (<ID>.png) or add a filename column."
-        )
-    records.sort(key=lambda t: t[0])
-    return [r for _, r in records]
+    return rows

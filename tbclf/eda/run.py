@@ -252,6 +252,87 @@ def _write_rows(path: Path, rows: list[dict[str, Any]], views: Sequence[str]) ->
     write_csv_dicts(path, fields, rows)
 
 
+def _check_options(preprocessing: str, resize: str, image_size: int, pca_size: int) -> None:
+    """Refuse settings that would fail only after every image was decoded."""
+    if preprocessing not in PREPROCESSING:
+        raise ConfigError(f"preprocessing={preprocessing!r} is not one of {PREPROCESSING}.")
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize={resize!r} is not one of {RESIZE_MODES}.")
+    if image_size < 8 or pca_size < 4:
+        raise ConfigError(f"image_size={image_size} must be >= 8 and pca_size={pca_size} >= 4.")
+
+
+def _tally(
+    records: Sequence[Record],
+    root: Path,
+    settings: dict[str, Any],
+    max_pixels: int,
+    pca_sample: set[int],
+    num_workers: int,
+    progress: bool,
+) -> Totals:
+    """Every image decoded once, as stored and through the preprocessing shown, into running
+    totals (memory does not grow with the number of images)."""
+    preprocessing = settings["preprocessing"]
+    views: dict[str, Any] = {"raw": None}
+    if preprocessing != "none":
+        views[preprocessing] = contrast_transform(
+            preprocessing, settings["clahe_clip_limit"], settings["clahe_tile_grid"]
+        )
+    totals = Totals(list(views), _classes(records), settings["image_size"])
+    loader = ImageLoader(
+        views,
+        settings["image_size"],
+        settings["resize"],
+        settings["crop_border"],
+        max_pixels,
+        settings["pca_size"],
+        pca_sample,
+    )
+    _collect(records, loader, totals, num_workers, progress)
+    if not totals.rows:
+        first = totals.unreadable[0]["error"] if totals.unreadable else "none"
+        raise DataError(
+            f"None of the {len(records)} images under {root} could be read; first error: {first}"
+        )
+    return totals
+
+
+def _meta(
+    root: Path,
+    layout: str,
+    n_found: int,
+    totals: Totals,
+    subset: dict[str, Any] | None,
+    records: Sequence[Record],
+) -> dict[str, Any]:
+    """What was analysed: where, how many of how many, which subset, which byte copies."""
+    return {
+        "root": str(root),
+        "layout": layout,
+        "n_found": n_found,
+        "n_analysed": len(totals.rows),
+        "subset": subset,
+        "duplicates": _duplicates(records),
+    }
+
+
+def _write_outputs(
+    out_dir: Path,
+    stats: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    rows: list[dict[str, Any]],
+    views: Sequence[str],
+) -> None:
+    """arrays.npz, per_image.csv, stats.json and summary.md, each written whole or not at all."""
+    np_buf = io.BytesIO()
+    np.savez_compressed(np_buf, **arrays)
+    atomic_write_bytes(out_dir / "arrays.npz", np_buf.getvalue())
+    _write_rows(out_dir / "per_image.csv", rows, views)
+    atomic_write_json(out_dir / "stats.json", stats)
+    atomic_write_text(out_dir / "summary.md", summary_md(stats))
+
+
 def run_eda(
     root: str | Path,
     out: str | Path,
@@ -298,47 +379,11 @@ def run_eda(
     Returns the content of stats.json (a dict).
     """
     t0 = time.perf_counter()
-    if preprocessing not in PREPROCESSING:
-        raise ConfigError(f"preprocessing={preprocessing!r} is not one of {PREPROCESSING}.")
-    if resize not in RESIZE_MODES:
-        raise ConfigError(f"resize={resize!r} is not one of {RESIZE_MODES}.")
-    if image_size < 8 or pca_size < 4:
-        raise ConfigError(f"image_size={image_size} must be >= 8 and pca_size={pca_size} >= 4.")
+    _check_options(preprocessing, resize, image_size, pca_size)
     root = Path(root)
     found = discover(root, layout)  # before the output folder exists: a bad root leaves none
     out_dir = check_can_write(out, [*DATA_FILES, *FIGURES.values()], overwrite)
     records = _select(found, max_images, seed)
-    views: dict[str, Any] = {"raw": None}
-    if preprocessing != "none":
-        views[preprocessing] = contrast_transform(preprocessing, clahe_clip_limit, clahe_tile_grid)
-    totals = Totals(list(views), _classes(records), image_size)
-    loader = ImageLoader(
-        views,
-        image_size,
-        resize,
-        crop_border,
-        max_pixels,
-        pca_size,
-        _pca_sample(records, max_pca_images, seed),
-    )
-    _collect(records, loader, totals, num_workers, progress)
-    if not totals.rows:
-        first = totals.unreadable[0]["error"] if totals.unreadable else "none"
-        raise DataError(
-            f"None of the {len(records)} images under {root} could be read; first error: {first}"
-        )
-    derived = _derived(totals, pca_components)
-    drawn = (
-        _figures(totals, derived, out_dir, (clahe_clip_limit, clahe_tile_grid)) if figures else {}
-    )
-    meta = {
-        "root": str(root),
-        "layout": layout,
-        "n_found": len(found),
-        "n_analysed": len(totals.rows),
-        "subset": None if len(records) == len(found) else {"max_images": max_images, "seed": seed},
-        "duplicates": _duplicates(records),
-    }
     settings = {
         "image_size": image_size,
         "resize": resize,
@@ -348,15 +393,18 @@ def run_eda(
         "clahe_tile_grid": clahe_tile_grid,
         "pca_size": pca_size,
     }
+    pca_sample = _pca_sample(records, max_pca_images, seed)
+    totals = _tally(records, root, settings, max_pixels, pca_sample, num_workers, progress)
+    derived = _derived(totals, pca_components)
+    drawn = (
+        _figures(totals, derived, out_dir, (clahe_clip_limit, clahe_tile_grid)) if figures else {}
+    )
+    subset = None if len(records) == len(found) else {"max_images": max_images, "seed": seed}
+    meta = _meta(root, layout, len(found), totals, subset, records)
     stats = _stats_doc(totals, derived, meta, settings)
     stats["figures"] = drawn
     stats["elapsed_s"] = round(time.perf_counter() - t0, 2)
-    np_buf = io.BytesIO()
-    np.savez_compressed(np_buf, **derived["arrays"])
-    atomic_write_bytes(out_dir / "arrays.npz", np_buf.getvalue())
-    _write_rows(out_dir / "per_image.csv", totals.rows, list(views))
-    atomic_write_json(out_dir / "stats.json", stats)
-    atomic_write_text(out_dir / "summary.md", summary_md(stats))
+    _write_outputs(out_dir, stats, derived["arrays"], totals.rows, totals.views)
     log.info(
         "EDA of %d images written to %s in %.1f s", len(totals.rows), out_dir, stats["elapsed_s"]
     )

@@ -35,12 +35,38 @@ def balance_sentence(by_source: dict[str, dict[str, int]], classes: list[str]) -
     )
 
 
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table's lines: every section of the summary lays its numbers out the same."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _table_section(title: str, header: list[str], rows: list[list[Any]], figure: str) -> list[str]:
+    """A section that is a table with its figure below it."""
+    return [f"## {title}", "", *_table(header, rows), "", figure, ""]
+
+
 def summary_md(s: dict[str, Any]) -> str:
-    classes = s["classes"]
-    views = s["views"]
-    fig = s["figures"]
-    st = s["settings"]
+    """The EDA in words for a reader of the data, not of stats.json: one section per
+    question (how many, how stored, duplicated, how the classes and sources differ)."""
     lines = [
+        *_intro(s),
+        *_counts(s),
+        *_sizes(s),
+        *_duplicates(s),
+        *_mean_images(s),
+        *_variability(s),
+        *_eigen_images(s),
+        "Files: `stats.json` (all numbers), `per_image.csv` (one row per image), "
+        "`arrays.npz` (mean/std/difference images and eigen-images).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _intro(s: dict[str, Any]) -> list[str]:
+    st = s["settings"]
+    return [
         "# Exploratory data analysis",
         "",
         f"Data: `{s['root']}` (layout {s['layout']}). Analysed {s['n_analysed']} of "
@@ -50,38 +76,39 @@ def summary_md(s: dict[str, Any]) -> str:
         f"{st['crop_border']}); preprocessing shown: {st['preprocessing']}. "
         f"Took {s['elapsed_s']:.1f} s.",
         "",
-        "## Counts",
-        "",
-        "| source | " + " | ".join(classes) + " | total |",
-        "|---|" + "---|" * (len(classes) + 1),
     ]
-    for src, c in s["counts"]["by_source"].items():
-        lines.append(f"| {src} | " + " | ".join(str(c[k]) for k in classes) + f" | {c['total']} |")
+
+
+def _counts(s: dict[str, Any]) -> list[str]:
+    classes = s["classes"]
+    by_source = s["counts"]["by_source"]
     total = s["counts"]["by_class"]
-    lines.append(
-        "| **all** | "
-        + " | ".join(f"**{total[k]}**" for k in classes)
-        + f" | **{sum(total.values())}** |"
-    )
-    lines += ["", _img(fig, "counts", "counts"), ""]
-    balance = balance_sentence(s["counts"]["by_source"], classes)
-    lines += [
+    rows = [[src, *(c[k] for k in classes), c["total"]] for src, c in by_source.items()]
+    rows.append(["**all**", *(f"**{total[k]}**" for k in classes), f"**{sum(total.values())}**"])
+    balance = balance_sentence(by_source, classes)
+    figure = _img(s["figures"], "counts", "counts")
+    return [
+        *_table_section("Counts", ["source", *classes, "total"], rows, figure),
         *([balance, ""] if balance else []),
-        "## Stored sizes and bit depths",
-        "",
-        "| source | sizes (width x height: count) | encodings |",
-        "|---|---|---|",
     ]
-    for src in s["image_sizes"]:
-        sz = s["image_sizes"][src]
+
+
+def _sizes(s: dict[str, Any]) -> list[str]:
+    rows = []
+    for src, sz in s["image_sizes"].items():
         top = ", ".join(f"{k}: {v}" for k, v in list(sz.items())[:4])
         if len(sz) > 4:
             top += f", … ({len(sz)} distinct)"
         enc = ", ".join(f"{k}: {v}" for k, v in s["bit_depths"][src].items())
-        lines.append(f"| {src} | {top} | {enc} |")
-    lines += ["", _img(fig, "sizes", "sizes"), ""]
+        rows.append([src, top, enc])
+    header = ["source", "sizes (width x height: count)", "encodings"]
+    figure = _img(s["figures"], "sizes", "sizes")
+    return _table_section("Stored sizes and bit depths", header, rows, figure)
+
+
+def _duplicates(s: dict[str, Any]) -> list[str]:
     d = s["duplicates"]
-    lines += ["## Duplicates", ""]
+    lines = ["## Duplicates", ""]
     if d["n_groups"]:
         lines.append(
             f"{d['n_groups']} groups of byte-identical files ({d['n_redundant_files']} redundant "
@@ -98,7 +125,12 @@ def summary_md(s: dict[str, Any]) -> str:
     if s["unreadable"]:
         lines += ["", f"**{len(s['unreadable'])} unreadable images** (skipped):", ""]
         lines += [f"- `{u['path']}`: {u['error']}" for u in s["unreadable"][:20]]
-    lines += [
+    return lines
+
+
+def _mean_images(s: dict[str, Any]) -> list[str]:
+    fig = s["figures"]
+    lines = [
         "",
         "## Mean and standard-deviation images",
         "",
@@ -109,35 +141,30 @@ def summary_md(s: dict[str, Any]) -> str:
         _img(fig, "mean_std", "mean and std images"),
         "",
     ]
-    if s["class_difference"]:
-        lines += [
-            "Difference of the class means (TB − healthy; red: brighter on average in TB). "
-            "Differences outside the lungs (borders, markers, overall brightness) point to "
-            "acquisition differences between the classes rather than disease.",
-            "",
-            _img(fig, "difference", "class difference"),
-            "",
-            "| view | mean difference | min | max | mean absolute |",
-            "|---|---|---|---|---|",
-        ]
-        for v, cd in s["class_difference"].items():
-            lines.append(
-                f"| {v} | {_f(cd['mean'])} | {_f(cd['min'])} | {_f(cd['max'])} | "
-                f"{_f(cd['mean_abs'])} |"
-            )
-        lines.append("")
-    lines += [
-        "## Variability: intensity and contrast per image",
-        "",
-        "RMS contrast = standard deviation of the intensities scaled to [0, 1]; Michelson "
-        "contrast = (p99 − p1)/(p99 + p1) of the intensities (robust percentiles instead of "
-        "max/min so a single marker does not dominate). Median [interquartile range]:",
-        "",
-        "| view | class | " + " | ".join(METRIC_LABELS[m] for m in IMAGE_METRICS) + " |",
-        "|---|---|" + "---|" * len(IMAGE_METRICS),
+    if not s["class_difference"]:
+        return lines
+    rows = [
+        [v, _f(cd["mean"]), _f(cd["min"]), _f(cd["max"]), _f(cd["mean_abs"])]
+        for v, cd in s["class_difference"].items()
     ]
-    for v in views:
-        for c in ["all", *classes]:
+    return [
+        *lines,
+        "Difference of the class means (TB − healthy; red: brighter on average in TB). "
+        "Differences outside the lungs (borders, markers, overall brightness) point to "
+        "acquisition differences between the classes rather than disease.",
+        "",
+        _img(fig, "difference", "class difference"),
+        "",
+        *_table(["view", "mean difference", "min", "max", "mean absolute"], rows),
+        "",
+    ]
+
+
+def _variability(s: dict[str, Any]) -> list[str]:
+    fig = s["figures"]
+    rows = []
+    for v in s["views"]:
+        for c in ["all", *s["classes"]]:
             cells = []
             for m in IMAGE_METRICS:
                 q = s["intensity"][v][c][m]
@@ -145,8 +172,15 @@ def summary_md(s: dict[str, Any]) -> str:
                 cells.append(
                     f"{_f(q['median'], digits)} [{_f(q['p25'], digits)}, {_f(q['p75'], digits)}]"
                 )
-            lines.append(f"| {v} | {c} | " + " | ".join(cells) + " |")
-    lines += [
+            rows.append([v, c, *cells])
+    lines = [
+        "## Variability: intensity and contrast per image",
+        "",
+        "RMS contrast = standard deviation of the intensities scaled to [0, 1]; Michelson "
+        "contrast = (p99 − p1)/(p99 + p1) of the intensities (robust percentiles instead of "
+        "max/min so a single marker does not dominate). Median [interquartile range]:",
+        "",
+        *_table(["view", "class", *(METRIC_LABELS[m] for m in IMAGE_METRICS)], rows),
         "",
         _img(fig, "variability", "variability by class"),
         "",
@@ -169,26 +203,26 @@ def summary_md(s: dict[str, Any]) -> str:
             _img(fig, "equalization", "equalisation example"),
             "",
         ]
-    if s["pca"]:
-        lines += [
-            "## Eigen-images",
-            "",
-            f"Principal components of each class on {st['pca_size']}x{st['pca_size']} "
-            "downsamples (as decoded). The first components usually capture brightness, "
-            "patient size and positioning rather than pathology.",
-            "",
-            _img(fig, "eigen", "eigen-images"),
-            "",
-            "| class | images | explained variance of the top components |",
-            "|---|---|---|",
-        ]
-        for c, p in s["pca"].items():
-            ev = ", ".join(f"{100 * x:.1f}%" for x in p["explained_variance_ratio"])
-            lines.append(f"| {c} | {p['n_images']} | {ev} |")
-        lines.append("")
-    lines += [
-        "Files: `stats.json` (all numbers), `per_image.csv` (one row per image), "
-        "`arrays.npz` (mean/std/difference images and eigen-images).",
+    return lines
+
+
+def _eigen_images(s: dict[str, Any]) -> list[str]:
+    if not s["pca"]:
+        return []
+    size = s["settings"]["pca_size"]
+    rows = [
+        [c, p["n_images"], ", ".join(f"{100 * x:.1f}%" for x in p["explained_variance_ratio"])]
+        for c, p in s["pca"].items()
+    ]
+    return [
+        "## Eigen-images",
+        "",
+        f"Principal components of each class on {size}x{size} "
+        "downsamples (as decoded). The first components usually capture brightness, "
+        "patient size and positioning rather than pathology.",
+        "",
+        _img(s["figures"], "eigen", "eigen-images"),
+        "",
+        *_table(["class", "images", "explained variance of the top components"], rows),
         "",
     ]
-    return "\n".join(lines)

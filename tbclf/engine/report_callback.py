@@ -116,15 +116,7 @@ class ReportCallback(Callback):
         threshold = module_threshold(pl_module)
         out = log_dir / self.subdir
         step = trainer.global_step
-        experiments = (
-            [
-                lg.experiment
-                for lg in trainer.loggers
-                if hasattr(getattr(lg, "experiment", None), "add_figure")
-            ]
-            if self.log_figures
-            else []
-        )
+        experiments = _figure_experiments(trainer) if self.log_figures else []
 
         def on_figure(name: str, fig: Any) -> None:
             for exp in experiments:
@@ -148,15 +140,8 @@ class ReportCallback(Callback):
             on_figure=on_figure,
         )
         if self.last_report.get("predictions_csv"):
-            # The run's threshold beside the CSV, as `predict` records it: `tbclf report` on
-            # this CSV then uses it instead of inferring one from the DECISION column.
             csv = out / self.last_report["predictions_csv"]
-            record = model_record(
-                pl_module, trainer.ckpt_path, tta=bool(getattr(pl_module, "tta", False))
-            )
-            atomic_write_json(
-                sidecar_path(csv), {"predictions_csv": csv.name, "n": int(keep.sum()), **record}
-            )
+            _write_sidecar(csv, int(keep.sum()), pl_module, trainer.ckpt_path)
         for exp in experiments:
             if hasattr(exp, "flush"):
                 exp.flush()
@@ -169,3 +154,19 @@ class ReportCallback(Callback):
             m["specificity"]["value"],
             m["auroc"]["value"],
         )
+
+
+def _figure_experiments(trainer: pl.Trainer) -> list[Any]:
+    """The loggers' experiments that take figures (TensorBoard's), to show the report there."""
+    return [
+        lg.experiment
+        for lg in trainer.loggers
+        if hasattr(getattr(lg, "experiment", None), "add_figure")
+    ]
+
+
+def _write_sidecar(csv: Path, n: int, pl_module: pl.LightningModule, ckpt_path: Any) -> None:
+    """The run's threshold beside the report's CSV, as `predict` records it: `tbclf report` on
+    this CSV then uses it instead of inferring one from the DECISION column."""
+    record = model_record(pl_module, ckpt_path, tta=bool(getattr(pl_module, "tta", False)))
+    atomic_write_json(sidecar_path(csv), {"predictions_csv": csv.name, "n": n, **record})

@@ -22,6 +22,40 @@ from tbclf.evaluation.probability import reported_probability
 from tbclf.evaluation.threshold import STRATEGIES, goal_text, sensitivity_specificity
 from tbclf.models.loading import load_classifier, read_checkpoint
 
+# Below this many images of a class the chosen point is mostly noise: say so.
+FEW = 20
+
+
+def refuse_out(src: Path, out: Path, overwrite: bool) -> None:
+    """Stop before any image is scored when the copy would replace its source or, unasked,
+    another file."""
+    if out.exists() and out.resolve() == src.resolve():
+        raise ConfigError(f"--out {out} is the input checkpoint; write the copy elsewhere.")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite true to replace it.")
+
+
+def what_changed(result: dict[str, Any], val_root: str | Path) -> str:
+    """The threshold and the site's sensitivity and specificity before and after, in words,
+    with a warning when too few images pinned it."""
+    out, old_threshold, threshold = result["out"], result["old_threshold"], result["threshold"]
+    n_tb, n_healthy = result["n_tb"], result["n_healthy"]
+    old_sens, sens = result["site_sensitivity_before"], result["site_sensitivity"]
+    old_spec, spec = result["site_specificity_before"], result["site_specificity"]
+    text = (
+        f"{out}: threshold {old_threshold:.4f} -> {threshold:.4f} on {n_tb} TB / {n_healthy} "
+        f"healthy images of {val_root}; there sensitivity {old_sens:.2f} -> {sens:.2f}, "
+        f"specificity {old_spec:.2f} -> {spec:.2f} (these are the images it was chosen on: "
+        "confirm it on other images of the site with `tbclf test` or `tbclf report`)."
+    )
+    if min(n_tb, n_healthy) < FEW:
+        text += (
+            f"\nnote: fewer than {FEW} images of a class: the sensitivity this threshold gives on "
+            "the site's next patients is uncertain (95% interval of the one seen here: "
+            f"{result['sensitivity_ci'][0]:.2f}-{result['sensitivity_ci'][1]:.2f})."
+        )
+    return text
+
 
 def rethreshold_checkpoint(
     src: Path,

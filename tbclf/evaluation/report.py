@@ -278,17 +278,7 @@ def write_report(
 
     Returns the content of metrics.json.
     """
-    try:
-        p, y = as_arrays(probs, labels)
-    except ValueError as exc:
-        raise DataError(f"cannot evaluate: {exc}") from None
-    if p.size == 0:
-        raise DataError("cannot evaluate: no predictions")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise DataError(f"threshold must be in [0, 1], got {threshold}")
-    for name, seq in (("sources", sources), ("ids", ids), ("views", views)):
-        if seq is not None and len(seq) != p.size:
-            raise DataError(f"{name} has {len(seq)} entries for {p.size} predictions")
+    p, y = _checked_arrays(probs, labels, threshold, sources=sources, ids=ids, views=views)
     names = [*REPORT_FILES, *(f"{f}.png" for f in FIGURE_NAMES)]
     out = check_can_write(out_dir, names, overwrite)
     threshold = float(threshold)
@@ -302,12 +292,7 @@ def write_report(
     res["threshold_info"] = dict(threshold_info) if threshold_info else None
     res["who_triage"] = _who(res["metrics"])
     res["average_precision"] = average_precision(p, y) if 0 < y.sum() < y.size else None
-    res["calibration"] = calibration_summary(p, y)
-    if before_temperature is not None:
-        raw, temperature = before_temperature
-        before = calibration_summary(np.asarray(raw, dtype=np.float64).reshape(-1), y)
-        res["calibration"]["temperature"] = float(temperature)
-        res["calibration"]["before_temperature"] = {k: before[k] for k in ("brier", "ece")}
+    res["calibration"] = _calibration(p, y, before_temperature)
     src = None if sources is None else [str(s) for s in sources]
     if src is not None and len(set(src)) > 1:
         res["per_source"] = _by_group(p, y, src, threshold, alpha, **boot)
@@ -316,34 +301,95 @@ def write_report(
         res["per_view"] = _by_group(p, y, view, threshold, alpha, **boot)
     if ids is not None:
         res["most_confident_errors"] = _errors_list(p, y, ids, threshold)
-
-    auroc = res["metrics"]["auroc"]
-    auroc_text = f"AUROC {_ci(auroc)}" if np.isfinite(auroc["value"]) else ""
-    figs = report_figures(p, y, threshold, auroc_text)
-    res["figures"] = {}
-    for name, fig in figs.items():
-        save_figure(fig, out / f"{name}.png")
-        res["figures"][name] = f"{name}.png"
-        if on_figure is not None:
-            on_figure(name, fig)
-
+    res["figures"] = _write_figures(p, y, threshold, res, out, on_figure)
     if ids is not None:
-        write_csv(
-            out / "predictions.csv",
-            ["ID", "LABEL", "DECISION", "TRUE_LABEL"]
-            + (["SOURCE"] if src else [])
-            + (["VIEW"] if view else []),
-            (
-                [ids[i], f"{p[i]:.6f}", int(decide(p[i], threshold)), int(y[i])]
-                + ([src[i]] if src else [])
-                + ([view[i]] if view else [])
-                for i in range(p.size)
-            ),
-        )
+        _write_report_predictions(out / "predictions.csv", p, y, threshold, ids, src, view)
         res["predictions_csv"] = "predictions.csv"
     atomic_write_json(out / "metrics.json", res)
     atomic_write_text(out / "report.md", _report_md(res, split_name))
     return res
+
+
+def _checked_arrays(
+    probs: Sequence[float] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
+    threshold: float,
+    **per_image: Sequence[str] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(TB) and labels as arrays, refused before any file is written when they cannot make a
+    report (or the per-image lists do not line up with them)."""
+    try:
+        p, y = as_arrays(probs, labels)
+    except ValueError as exc:
+        raise DataError(f"cannot evaluate: {exc}") from None
+    if p.size == 0:
+        raise DataError("cannot evaluate: no predictions")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise DataError(f"threshold must be in [0, 1], got {threshold}")
+    for name, seq in per_image.items():
+        if seq is not None and len(seq) != p.size:
+            raise DataError(f"{name} has {len(seq)} entries for {p.size} predictions")
+    return p, y
+
+
+def _calibration(
+    p: np.ndarray,
+    y: np.ndarray,
+    before_temperature: tuple[Sequence[float] | np.ndarray, float] | None,
+) -> dict[str, Any]:
+    """Calibration of the reported P(TB), with the figures before temperature scaling beside
+    them when the model was calibrated (so the reader sees what scaling bought)."""
+    summary = calibration_summary(p, y)
+    if before_temperature is not None:
+        raw, temperature = before_temperature
+        before = calibration_summary(np.asarray(raw, dtype=np.float64).reshape(-1), y)
+        summary["temperature"] = float(temperature)
+        summary["before_temperature"] = {k: before[k] for k in ("brier", "ece")}
+    return summary
+
+
+def _write_figures(
+    p: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    res: Mapping[str, Any],
+    out: Path,
+    on_figure: Callable[[str, Figure], None] | None,
+) -> dict[str, str]:
+    """The report's figures saved into ``out`` (and handed to ``on_figure``): name -> file."""
+    auroc = res["metrics"]["auroc"]
+    auroc_text = f"AUROC {_ci(auroc)}" if np.isfinite(auroc["value"]) else ""
+    files = {}
+    for name, fig in report_figures(p, y, threshold, auroc_text).items():
+        save_figure(fig, out / f"{name}.png")
+        files[name] = f"{name}.png"
+        if on_figure is not None:
+            on_figure(name, fig)
+    return files
+
+
+def _write_report_predictions(
+    path: Path,
+    p: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    ids: Sequence[str],
+    src: Sequence[str] | None,
+    view: Sequence[str] | None,
+) -> None:
+    """The report's own predictions.csv: the scored images with truth, source and view."""
+    write_csv(
+        path,
+        ["ID", "LABEL", "DECISION", "TRUE_LABEL"]
+        + (["SOURCE"] if src else [])
+        + (["VIEW"] if view else []),
+        (
+            [ids[i], f"{p[i]:.6f}", int(decide(p[i], threshold)), int(y[i])]
+            + ([src[i]] if src else [])
+            + ([view[i]] if view else [])
+            for i in range(p.size)
+        ),
+    )
 
 
 def _threshold_origin(info: Mapping[str, Any] | None) -> str:
@@ -563,6 +609,113 @@ def _match_decisions(
     return fixed
 
 
+def _read_scores(
+    pred_path: Path, header: Sequence[str], rows: Sequence[Mapping[str, str]]
+) -> tuple[list[str], np.ndarray]:
+    """The IDs and P(TB) of a predictions CSV, refused when it is not one `predict` wrote."""
+    for col in ("ID", "LABEL"):
+        if col not in header:
+            raise DataError(
+                f"{pred_path} has no {col} column (found {header}); expected the output of "
+                "`tbclf predict`: ID, LABEL (P(TB)), DECISION[, TRUE_LABEL]."
+            )
+    if not rows:
+        raise DataError(f"{pred_path} has no rows.")
+    ids = [r["ID"] for r in rows]
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dupes:
+        raise DataError(f"{pred_path} lists these IDs more than once: {dupes[:5]}")
+    probs = np.array(
+        [_parse_float(r["LABEL"], pred_path, n + 2, "LABEL") for n, r in enumerate(rows)]
+    )
+    if probs.min() < 0 or probs.max() > 1:
+        raise DataError(f"{pred_path}: LABEL must be a probability in [0, 1].")
+    return ids, probs
+
+
+def _read_truth(
+    pred_path: Path,
+    header: Sequence[str],
+    rows: Sequence[Mapping[str, str]],
+    ids: Sequence[str],
+    labels_csv: str | Path | None,
+) -> tuple[np.ndarray, str]:
+    """The true label of every predicted ID (from ``labels_csv``, else the TRUE_LABEL column)
+    and where it came from, for the report to say."""
+    if labels_csv is not None:
+        lab_path = Path(labels_csv)
+        lab_header, lab_rows = read_output_csv(lab_path)
+        if "ID" not in lab_header or "LABEL" not in lab_header:
+            raise DataError(f"{lab_path} needs ID and LABEL columns (found {lab_header}).")
+        truth = {
+            r["ID"]: _parse_label(r["LABEL"], lab_path, n + 2, "LABEL")
+            for n, r in enumerate(lab_rows)
+        }
+        missing = [i for i in ids if i not in truth]
+        if missing:
+            raise DataError(
+                f"{lab_path} has no label for {len(missing)} predicted IDs, e.g. "
+                f"{missing[:5]}. Use the labels CSV of the same images."
+            )
+        return np.array([truth[i] for i in ids]), str(lab_path)
+    if "TRUE_LABEL" not in header:
+        raise DataError(
+            f"{pred_path} has no TRUE_LABEL column: pass labels_csv (--labels), a "
+            "CSV with ID,LABEL for these images (e.g. Zindi's Train.csv)."
+        )
+    blank = [r["ID"] for r in rows if r["TRUE_LABEL"] == ""]
+    if blank:
+        raise DataError(
+            f"{pred_path}: {len(blank)} rows have no TRUE_LABEL (e.g. "
+            f"{blank[:5]}); pass labels_csv (--labels) with ID,LABEL for them."
+        )
+    labels = np.array(
+        [_parse_label(r["TRUE_LABEL"], pred_path, n + 2, "TRUE_LABEL") for n, r in enumerate(rows)]
+    )
+    return labels, f"{pred_path} (TRUE_LABEL)"
+
+
+def _csv_threshold(
+    pred_path: Path,
+    probs: np.ndarray,
+    decisions: np.ndarray | None,
+    threshold: float | None,
+) -> tuple[float, dict[str, Any], np.ndarray]:
+    """The threshold to report at, what is known of its origin, and the P(TB) (moved within
+    rounding to the side DECISION says when the sidecar's threshold is used)."""
+    sidecar = read_sidecar(pred_path)
+    name = sidecar_path(pred_path).name
+    info: dict[str, Any]
+    if threshold is not None:
+        info = {"strategy": "fixed", "description": "given explicitly (--threshold)"}
+        if sidecar is not None:
+            info["description"] += (
+                f"; the model's own threshold, {sidecar[OPERATING_POINT_KEY].threshold:.4g}, is in "
+                f"{name}"
+            )
+    elif sidecar is not None:
+        threshold = sidecar[OPERATING_POINT_KEY].threshold
+        info = {**sidecar[OPERATING_POINT_KEY].to_dict(), "from": str(sidecar_path(pred_path))}
+        if decisions is not None:
+            probs = _match_decisions(probs, decisions, threshold, pred_path)
+    elif decisions is not None:
+        threshold = implied_threshold(probs, decisions)
+        info = {
+            "strategy": "inferred",
+            "description": f"inferred from the DECISION column of {pred_path.name}, which has "
+            f"no {name} beside it; the threshold the model used is not "
+            "recorded, and how it was chosen is unknown",
+        }
+    else:
+        threshold = 0.5
+        info = {
+            "strategy": "default",
+            "description": f"the default 0.5; the CSV has no DECISION column and no {name} "
+            "beside it",
+        }
+    return float(threshold), info, probs
+
+
 def report_from_csv(
     predictions_csv: str | Path,
     out_dir: str | Path,
@@ -581,61 +734,8 @@ def report_from_csv(
     """
     pred_path = Path(predictions_csv)
     header, rows = read_output_csv(pred_path)
-    for col in ("ID", "LABEL"):
-        if col not in header:
-            raise DataError(
-                f"{pred_path} has no {col} column (found {header}); expected the output of "
-                "`tbclf predict`: ID, LABEL (P(TB)), DECISION[, TRUE_LABEL]."
-            )
-    if not rows:
-        raise DataError(f"{pred_path} has no rows.")
-    ids = [r["ID"] for r in rows]
-    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-    if dupes:
-        raise DataError(f"{pred_path} lists these IDs more than once: {dupes[:5]}")
-    probs = np.array(
-        [_parse_float(r["LABEL"], pred_path, n + 2, "LABEL") for n, r in enumerate(rows)]
-    )
-    if probs.min() < 0 or probs.max() > 1:
-        raise DataError(f"{pred_path}: LABEL must be a probability in [0, 1].")
-
-    if labels_csv is not None:
-        lab_path = Path(labels_csv)
-        lab_header, lab_rows = read_output_csv(lab_path)
-        if "ID" not in lab_header or "LABEL" not in lab_header:
-            raise DataError(f"{lab_path} needs ID and LABEL columns (found {lab_header}).")
-        truth = {
-            r["ID"]: _parse_label(r["LABEL"], lab_path, n + 2, "LABEL")
-            for n, r in enumerate(lab_rows)
-        }
-        missing = [i for i in ids if i not in truth]
-        if missing:
-            raise DataError(
-                f"{lab_path} has no label for {len(missing)} predicted IDs, e.g. "
-                f"{missing[:5]}. Use the labels CSV of the same images."
-            )
-        labels = np.array([truth[i] for i in ids])
-        label_source = str(lab_path)
-    elif "TRUE_LABEL" in header:
-        blank = [r["ID"] for r in rows if r["TRUE_LABEL"] == ""]
-        if blank:
-            raise DataError(
-                f"{pred_path}: {len(blank)} rows have no TRUE_LABEL (e.g. "
-                f"{blank[:5]}); pass labels_csv (--labels) with ID,LABEL for them."
-            )
-        labels = np.array(
-            [
-                _parse_label(r["TRUE_LABEL"], pred_path, n + 2, "TRUE_LABEL")
-                for n, r in enumerate(rows)
-            ]
-        )
-        label_source = f"{pred_path} (TRUE_LABEL)"
-    else:
-        raise DataError(
-            f"{pred_path} has no TRUE_LABEL column: pass labels_csv (--labels), a "
-            "CSV with ID,LABEL for these images (e.g. Zindi's Train.csv)."
-        )
-
+    ids, probs = _read_scores(pred_path, header, rows)
+    labels, label_source = _read_truth(pred_path, header, rows, ids, labels_csv)
     decisions = (
         np.array(
             [_parse_label(r["DECISION"], pred_path, n + 2, "DECISION") for n, r in enumerate(rows)]
@@ -643,35 +743,7 @@ def report_from_csv(
         if "DECISION" in header
         else None
     )
-    sidecar = read_sidecar(pred_path)
-    info: dict[str, Any]
-    if threshold is not None:
-        info = {"strategy": "fixed", "description": "given explicitly (--threshold)"}
-        if sidecar is not None:
-            info["description"] += (
-                f"; the model's own threshold, {sidecar[OPERATING_POINT_KEY].threshold:.4g}, is in "
-                f"{sidecar_path(pred_path).name}"
-            )
-    elif sidecar is not None:
-        threshold = sidecar[OPERATING_POINT_KEY].threshold
-        info = {**sidecar[OPERATING_POINT_KEY].to_dict(), "from": str(sidecar_path(pred_path))}
-        if decisions is not None:
-            probs = _match_decisions(probs, decisions, threshold, pred_path)
-    elif decisions is not None:
-        threshold = implied_threshold(probs, decisions)
-        info = {
-            "strategy": "inferred",
-            "description": f"inferred from the DECISION column of {pred_path.name}, which has "
-            f"no {sidecar_path(pred_path).name} beside it; the threshold the model used is not "
-            "recorded, and how it was chosen is unknown",
-        }
-    else:
-        threshold = 0.5
-        info = {
-            "strategy": "default",
-            "description": "the default 0.5; the CSV has no DECISION column and no "
-            f"{sidecar_path(pred_path).name} beside it",
-        }
+    threshold, info, probs = _csv_threshold(pred_path, probs, decisions, threshold)
     info["labels_from"] = label_source
     sources = [r["SOURCE"] for r in rows] if "SOURCE" in header else None
     views = [r["VIEW"] for r in rows] if "VIEW" in header else None

@@ -227,34 +227,58 @@ def explain_images(
                     break
                 images = images[:left]
             cams, probs = compute_cams(model, images, layer, tta=tta)
-            labels = batch.get("label")
-            for i in range(images.shape[0]):
-                ident = str(batch["id"][i]) if "id" in batch else f"image_{len(results)}"
-                lab = None
-                if labels is not None:
-                    v = float(labels[i])
-                    lab = None if np.isnan(v) else int(v)
-                img = images[i, 0].detach().cpu().numpy()
-                name = _safe_name(ident, taken) + ".png"
-                fig = _explain_figure(img, cams[i], ident, float(probs[i]), thr, lab)
-                save_figure(fig, out / name)
-                results.append(
-                    {
-                        "id": ident,
-                        "prob": float(probs[i]),
-                        "decision": int(decide(probs[i], thr)),
-                        "label": lab,
-                        "source": str(batch["source"][i]) if "source" in batch else "",
-                        "file": name,
-                    }
-                )
-                bar.update(1)
+            done = _explain_batch(batch, images, cams, probs, thr, out, taken, len(results))
+            results += done
+            bar.update(len(done))
     finally:
         bar.close()
     if not results:
         raise DataError("no images to explain")
+    _write_explanations_csv(out / "explanations.csv", results)
+    return results
+
+
+def _explain_batch(
+    batch: Mapping[str, Any],
+    images: torch.Tensor,
+    cams: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    out: Path,
+    taken: set[str],
+    n_before: int,
+) -> list[dict[str, Any]]:
+    """One figure per image of a batch, saved under a file name no other image took; the
+    rows of explanations.csv for them (unnamed images are numbered from ``n_before``)."""
+    labels = batch.get("label")
+    results: list[dict[str, Any]] = []
+    for i in range(images.shape[0]):
+        ident = str(batch["id"][i]) if "id" in batch else f"image_{n_before + len(results)}"
+        lab = None
+        if labels is not None:
+            v = float(labels[i])
+            lab = None if np.isnan(v) else int(v)
+        img = images[i, 0].detach().cpu().numpy()
+        name = _safe_name(ident, taken) + ".png"
+        fig = _explain_figure(img, cams[i], ident, float(probs[i]), threshold, lab)
+        save_figure(fig, out / name)
+        results.append(
+            {
+                "id": ident,
+                "prob": float(probs[i]),
+                "decision": int(decide(probs[i], threshold)),
+                "label": lab,
+                "source": str(batch["source"][i]) if "source" in batch else "",
+                "file": name,
+            }
+        )
+    return results
+
+
+def _write_explanations_csv(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
+    """The index of the figures, in predictions.csv's columns plus the figure's file."""
     write_csv(
-        out / "explanations.csv",
+        path,
         ["ID", "LABEL", "DECISION", "TRUE_LABEL", "SOURCE", "FILE"],
         (
             [
@@ -268,7 +292,6 @@ def explain_images(
             for r in results
         ),
     )
-    return results
 
 
 def _explain_figure(

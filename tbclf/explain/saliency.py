@@ -278,6 +278,55 @@ def run_saliency(
     """Maps of every method and baseline for every image, scored against its boxes; P(TB) as
     the model reports it (its temperature; averaged over the test-time views with ``tta``)."""
     methods = check_methods(methods)
+    limits = _check_options(methods, baselines, method_max_images, batch_size, scorecam_batch_size)
+    spec = spec_of(model)
+    threshold = model_threshold(model)
+    layer = find_target_layer(model)
+    model.eval()
+    items = [prepare_image(rec, boxes, spec, max_pixels) for rec, boxes in pairs]
+    _predict(model, items, tta)
+    n = len(items)
+    # Maps: methods, then baselines (mean_map needs every image's Grad-CAM).
+    needs_gradcam = "mean_map" in baselines and "gradcam" not in methods
+    names = [*methods, *(["gradcam"] if needs_gradcam else [])]
+    random_model = random_weights_like(model, seed) if "random_weights" in baselines else None
+    subsets = {m: len(subset(n, limits.get(m), seed)) for m in methods}
+    seconds = _method_maps(
+        model, items, names, layer, limits, seed, batch_size, scorecam_batch_size, progress, log
+    )
+    _baseline_maps(items, baselines, random_model, batch_size, seconds)
+    if needs_gradcam:
+        for it in items:
+            it.maps.pop("gradcam", None)
+    names = [*methods, *baselines]
+    road_of: dict[tuple[int, str], float] = {}
+    if road:
+        road_images = set(subset(n, road_max_images, seed))
+        road_of = _road(model, items, names, road_images, road_percentiles, seed, batch_size,
+                        seconds, log)  # fmt: skip
+    settings = {
+        "batch_size": batch_size,
+        "scorecam_batch_size": scorecam_batch_size,
+        "road": road,
+        "road_max_images": road_max_images,
+        "road_percentiles": list(road_percentiles),
+        "seed": seed,
+        "tta": bool(tta),
+        "input_spec": spec.to_dict(),
+        "target_layer": type(layer).__name__,
+    }
+    rows = _rows(items, names, road_of, threshold)
+    return SaliencyRun(rows, items, methods, list(baselines), threshold, seconds, subsets, settings)
+
+
+def _check_options(
+    methods: Sequence[str],
+    baselines: Sequence[str],
+    method_max_images: dict[str, int] | None,
+    batch_size: int,
+    scorecam_batch_size: int,
+) -> dict[str, int]:
+    """Refuse a run that would fail (or mean nothing) hours in; the per-method limits."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"--baselines {', '.join(unknown)}: choose from {', '.join(BASELINES)}.")
@@ -289,36 +338,43 @@ def run_saliency(
         raise ConfigError("the mean_map baseline needs Grad-CAM on every image: no gradcam limit.")
     if batch_size < 1 or scorecam_batch_size < 1:
         raise ConfigError("--batch_size and --scorecam_batch_size must be at least 1.")
-    spec = spec_of(model)
-    threshold = model_threshold(model)
-    layer = find_target_layer(model)
-    model.eval()
-    items = [prepare_image(rec, boxes, spec, max_pixels) for rec, boxes in pairs]
-    n = len(items)
+    return limits
+
+
+def _predict(model: nn.Module, items: list[ScoredImage], tta: bool) -> None:
+    """Each image's reported P(TB), for the decision the report sets beside its maps."""
     with torch.no_grad():
-        for chunk in _batches(n, 16):
+        for chunk in _batches(len(items), 16):
             x = torch.stack([items[i].image for i in chunk])
             probs = reported_probs(model, x, None, tta)
             for i, p in zip(chunk, probs, strict=True):
                 items[i].prob = float(p)
 
-    # Maps: methods, then baselines (mean_map needs every image's Grad-CAM).
-    jobs: list[tuple[str, str, nn.Module]] = [(m, "method", model) for m in methods]
-    needs_gradcam = "mean_map" in baselines and "gradcam" not in methods
-    if needs_gradcam:
-        jobs.append(("gradcam", "helper", model))
-    random_model = random_weights_like(model, seed) if "random_weights" in baselines else None
-    subsets = {m: len(subset(n, limits.get(m), seed)) for m in methods}
+
+def _method_maps(
+    model: nn.Module,
+    items: list[ScoredImage],
+    names: Sequence[str],
+    layer: nn.Module,
+    limits: dict[str, int],
+    seed: int,
+    batch_size: int,
+    scorecam_batch_size: int,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> dict[str, float]:
+    """The grad-cam methods' maps (each on its seeded subset); seconds per method."""
+    n = len(items)
     seconds: dict[str, float] = {}
-    bar = tqdm(total=n * len(jobs), desc="saliency maps", unit="map", disable=not progress)
+    bar = tqdm(total=n * len(names), desc="saliency maps", unit="map", disable=not progress)
     try:
-        for name, _, net in jobs:
-            chosen = subset(n, limits.get(name), seed) if name in METHODS else list(range(n))
+        for name in names:
+            chosen = subset(n, limits.get(name), seed)
             start = time.perf_counter()
             for chunk in _batches(len(chosen), batch_size):
                 idx = [chosen[i] for i in chunk]
                 x = torch.stack([items[i].image for i in idx])
-                maps = method_maps(net, x, name, layer, scorecam_batch_size)
+                maps = method_maps(model, x, name, layer, scorecam_batch_size)
                 for i, m in zip(idx, maps, strict=True):
                     items[i].maps[name] = m.astype(np.float16)
                 bar.update(len(idx))
@@ -327,6 +383,19 @@ def run_saliency(
                 log(f"{name}: {len(chosen)} images in {seconds[name]:.1f} s")
     finally:
         bar.close()
+    return seconds
+
+
+def _baseline_maps(
+    items: list[ScoredImage],
+    baselines: Sequence[str],
+    random_model: nn.Module | None,
+    batch_size: int,
+    seconds: dict[str, float],
+) -> None:
+    """The floors the methods are measured against (after the methods: mean_map averages the
+    other images' Grad-CAM maps)."""
+    n = len(items)
     for item in items:
         for b in baselines:
             if b == "uniform":
@@ -347,28 +416,44 @@ def run_saliency(
             for i, m in zip(chunk, maps, strict=True):
                 items[i].maps["random_weights"] = m.astype(np.float16)
         seconds["random_weights"] = time.perf_counter() - start
-    if needs_gradcam:
-        for it in items:
-            it.maps.pop("gradcam", None)
 
-    names = [*methods, *baselines]
+
+def _road(
+    model: nn.Module,
+    items: list[ScoredImage],
+    names: Sequence[str],
+    road_images: set[int],
+    road_percentiles: Sequence[int],
+    seed: int,
+    batch_size: int,
+    seconds: dict[str, float],
+    log: Callable[[str], None] | None,
+) -> dict[tuple[int, str], float]:
+    """ROAD faithfulness per (image index, map name), on the seeded ROAD subset."""
     road_of: dict[tuple[int, str], float] = {}
-    if road:
-        road_images = set(subset(n, road_max_images, seed))
-        for name in (m for m in names if m not in NO_ROAD):
-            start = time.perf_counter()
-            have = [i for i in range(n) if name in items[i].maps and i in road_images]
-            for chunk in _batches(len(have), batch_size):
-                idx = [have[i] for i in chunk]
-                x = torch.stack([items[i].image for i in idx])
-                maps = np.stack([items[i].maps[name].astype(np.float32) for i in idx])
-                scores = road_scores(model, x, maps, road_percentiles, seed + idx[0])
-                for i, s in zip(idx, scores, strict=True):
-                    road_of[(i, name)] = float(s)
-            seconds[f"road:{name}"] = time.perf_counter() - start
-            if log:
-                log(f"ROAD {name}: {len(have)} images in {seconds[f'road:{name}']:.1f} s")
+    for name in (m for m in names if m not in NO_ROAD):
+        start = time.perf_counter()
+        have = [i for i in range(len(items)) if name in items[i].maps and i in road_images]
+        for chunk in _batches(len(have), batch_size):
+            idx = [have[i] for i in chunk]
+            x = torch.stack([items[i].image for i in idx])
+            maps = np.stack([items[i].maps[name].astype(np.float32) for i in idx])
+            scores = road_scores(model, x, maps, road_percentiles, seed + idx[0])
+            for i, s in zip(idx, scores, strict=True):
+                road_of[(i, name)] = float(s)
+        seconds[f"road:{name}"] = time.perf_counter() - start
+        if log:
+            log(f"ROAD {name}: {len(have)} images in {seconds[f'road:{name}']:.1f} s")
+    return road_of
 
+
+def _rows(
+    items: list[ScoredImage],
+    names: Sequence[str],
+    road_of: dict[tuple[int, str], float],
+    threshold: float,
+) -> list[dict[str, Any]]:
+    """One row per image and map it has: the table the report summarises."""
     rows = []
     for i, it in enumerate(items):
         fraction = it.box_fraction
@@ -395,15 +480,4 @@ def run_saliency(
                     "path": str(it.record.path),
                 }
             )
-    settings = {
-        "batch_size": batch_size,
-        "scorecam_batch_size": scorecam_batch_size,
-        "road": road,
-        "road_max_images": road_max_images,
-        "road_percentiles": list(road_percentiles),
-        "seed": seed,
-        "tta": bool(tta),
-        "input_spec": spec.to_dict(),
-        "target_layer": type(layer).__name__,
-    }
-    return SaliencyRun(rows, items, methods, list(baselines), threshold, seconds, subsets, settings)
+    return rows

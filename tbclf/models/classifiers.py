@@ -66,9 +66,7 @@ class TimmClassifier(TBClassifier):
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
-        weights = None if weights is None else Path(weights).expanduser()
-        if weights is not None:
-            self.record_weights_origin(weights_origin(weights))
+        weights = _recorded_weights(self, weights)
         if freeze_epochs < 0:
             raise ConfigError(f"model.freeze_epochs must be >= 0, got {freeze_epochs}")
         if backbone_lr_factor <= 0:
@@ -195,9 +193,7 @@ class SimpleCNNClassifier(TBClassifier):
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
-        weights = None if weights is None else Path(weights).expanduser()
-        if weights is not None:
-            self.record_weights_origin(weights_origin(weights))
+        weights = _recorded_weights(self, weights)
         try:
             # The architecture arguments are SimpleCNN's own, under the same names.
             arch = inspect.signature(SimpleCNN).parameters
@@ -241,6 +237,15 @@ class SimpleCNNClassifier(TBClassifier):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         _drop_weights_file(checkpoint)
+
+
+def _recorded_weights(model: TBClassifier, weights: str | None) -> Path | None:
+    """The starting-weights file as a path, its origin recorded on ``model`` first so a
+    checkpoint always says which file its weights began from."""
+    path = None if weights is None else Path(weights).expanduser()
+    if path is not None:
+        model.record_weights_origin(weights_origin(path))
+    return path
 
 
 def _drop_weights_file(checkpoint: dict[str, Any], **also: Any) -> None:

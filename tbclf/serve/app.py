@@ -118,15 +118,40 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def create_app(
-    predictor: Predictor,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    workers: int | None = None,
-) -> FastAPI:
-    """The service for one predictor. `workers` model calls run at once (default: the cores)."""
-    workers = max(1, int(workers or os.cpu_count() or 1))
-    explainer = predictor if isinstance(predictor, TorchPredictor) else None
+def predict_upload(
+    predictor: Predictor, upload: Upload, max_pixels: int, include_input: bool = False
+) -> dict[str, Any]:
+    """The /predict answer for one upload (blocking: run it off the event loop)."""
+    image = prepare_upload(predictor, upload, max_pixels)
+    result = predictor.predict_array(image)
+    out: dict[str, Any] = {
+        "prob_tb": result.prob,
+        "decision": result.label,
+        "tb_suspected": bool(result.decision),
+        "threshold": predictor.threshold,
+        "triage": triage_text(bool(result.decision)),
+        "triage_scope": SCOPE,
+        "model": predictor.info.to_dict(),
+        "filename": upload.name,
+    }
+    if include_input:
+        png = base64.b64encode(png_bytes(image[0])).decode("ascii")
+        out["input_image"] = f"data:image/png;base64,{png}"
+    return out
+
+
+def explain_upload(
+    explainer: TorchPredictor, upload: Upload, max_pixels: int
+) -> tuple[bytes, float]:
+    """The /explain overlay (PNG) and P(TB) for one upload (blocking, like predict_upload)."""
+    image = prepare_upload(explainer, upload, max_pixels)
+    overlay, prob = explainer.explain(image)
+    return png_bytes(overlay), prob
+
+
+def _base_app() -> FastAPI:
+    """The app without routes: its description, security headers on every response and
+    upload errors answered as JSON."""
     app = FastAPI(
         title="tbclf",
         version=tbclf.__version__,
@@ -135,13 +160,6 @@ def create_app(
             "operating threshold. A screening and triage aid, not a diagnosis."
         ),
     )
-    state: dict[str, Any] = {}
-
-    async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-        limiter = state.get("limiter")
-        if limiter is None:
-            limiter = state["limiter"] = anyio.CapacityLimiter(workers)
-        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -153,35 +171,32 @@ def create_app(
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail)
 
-    def predict_sync(upload: Upload, include_input: bool) -> dict[str, Any]:
-        image = prepare_upload(predictor, upload, max_pixels)
-        result = predictor.predict_array(image)
-        out: dict[str, Any] = {
-            "prob_tb": result.prob,
-            "decision": result.label,
-            "tb_suspected": bool(result.decision),
-            "threshold": predictor.threshold,
-            "triage": triage_text(bool(result.decision)),
-            "triage_scope": SCOPE,
-            "model": predictor.info.to_dict(),
-            "filename": upload.name,
-        }
-        if include_input:
-            png = base64.b64encode(png_bytes(image[0])).decode("ascii")
-            out["input_image"] = f"data:image/png;base64,{png}"
-        return out
+    return app
 
-    def explain_sync(upload: Upload) -> tuple[bytes, float]:
-        assert explainer is not None
-        image = prepare_upload(predictor, upload, max_pixels)
-        overlay, prob = explainer.explain(image)
-        return png_bytes(overlay), prob
+
+def create_app(
+    predictor: Predictor,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> FastAPI:
+    """The service for one predictor. `workers` model calls run at once (default: the cores)."""
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    explainer = predictor if isinstance(predictor, TorchPredictor) else None
+    app = _base_app()
+    state: dict[str, Any] = {}
+
+    async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+        limiter = state.get("limiter")
+        if limiter is None:
+            limiter = state["limiter"] = anyio.CapacityLimiter(workers)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     @app.post("/predict", openapi_extra=UPLOAD_BODY, responses=ERRORS)
     async def predict(request: Request, include_input: bool = False) -> dict[str, Any]:
         """P(TB) for one X-ray; `include_input=true` adds the image as the model saw it."""
         upload = await read_upload(request, max_upload_bytes)
-        return await off_loop(predict_sync, upload, include_input)
+        return await off_loop(predict_upload, predictor, upload, max_pixels, include_input)
 
     @app.post(
         "/explain",
@@ -198,7 +213,7 @@ def create_app(
                 "Grad-CAM needs the PyTorch checkpoint: start the server with --model best.ckpt.",
             )
         upload = await read_upload(request, max_upload_bytes)
-        png, prob = await off_loop(explain_sync, upload)
+        png, prob = await off_loop(explain_upload, explainer, upload, max_pixels)
         return Response(png, media_type="image/png", headers={"X-TB-Probability": f"{prob:.6f}"})
 
     @app.get("/health")
