@@ -9,7 +9,8 @@ Rows, per data set:
   bare 1 process    decode + prepare (InputSpec.prepare) + ONNX Runtime in one loop, no framework
   bare 2 processes  the same, decoding in a pool of --workers processes while ORT runs
   tbclf ...         `python -m tbclf predict` as a user runs it; images/s of its predict loop
-                    (Lightning's bar, start-up and the final merge excluded; wall time is shown)
+                    (the bar's elapsed time: process start-up and the final merge excluded,
+                    loader warm-up included, as in the bare rows; wall time is shown)
 Peak memory is the proportional set size (PSS: shared pages split among the processes that
 share them) summed over the command's process tree (main, loader workers, DDP ranks), polled
 every 0.2 s from /proc. --grow K adds one run of the .onnx row on K times the images: memory
@@ -48,7 +49,15 @@ from tbclf.data.spec import InputSpec  # noqa: E402
 from tbclf.io import atomic_write_text  # noqa: E402
 
 # Lightning's bar (tbclf counts images): "| 960/2000 [00:12<00:13, 78.3img/s]"
-BAR = re.compile(r"\|\s*(\d+)/(\d+) \[[^\]]*?([\d.]+)img/s")
+BAR = re.compile(r"\|\s*(\d+)/(\d+) \[((?:\d+:)?\d+:\d+)<[^\]]*?([\d.]+)img/s")
+
+
+def seconds(clock: str) -> int:
+    """tqdm's elapsed time, "MM:SS" or "H:MM:SS", in seconds."""
+    total = 0
+    for part in clock.split(":"):
+        total = total * 60 + int(part)
+    return total
 
 
 # --------------------------------------------------------------------------- data and model
@@ -209,8 +218,10 @@ def tbclf_predict(args: list[str], n: int, out: Path) -> dict[str, float]:
     bars = BAR.findall(text.replace("\r", "\n"))
     if not bars:
         raise SystemExit(f"no progress bar in the output of {' '.join(cmd)}")
-    shown, _, rate = bars[-1]
-    loop = int(shown) / float(rate)  # rank 0's loop time: its images over its mean rate
+    # The loop's elapsed time (1 s resolution) from the bar's last line, as the bare rows
+    # count theirs: from the first image asked for to the last one scored, warm-up included
+    # (the bar's own rate is a moving average of the last batches).
+    loop = max(seconds(bars[-1][2]), 1)
     return {"img_s": n / loop, "wall": wall, "rss_mb": peak / 2**20}
 
 
