@@ -135,7 +135,8 @@ def test_a_new_plain_flatten_cnn_is_sized_for_its_data(tmp_path: Path) -> None:
     dm.input_spec = InputSpec(image_size=48)
     trainer = tiny_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
-    assert model.image_size == model.input_spec.image_size == 48
+    assert model.image_size == model.input_spec.image_size == model.hparams["image_size"] == 48
+    assert model.hparams_initial["input_spec"]["image_size"] == 48, "hparams.yaml records it"
     ckpt = tmp_path / "fit.ckpt"
     trainer.save_checkpoint(ckpt)
     loaded = TBClassifier.load(str(ckpt))

@@ -230,6 +230,8 @@ class TBDataModule(pl.LightningDataModule):
                           for k, (theirs, ours) in changed.items()),
             )  # fmt: skip
             self.use_input_spec(InputSpec.from_options(spec.pixel_options()))
+            # The options used, where checkpoints and hparams.yaml read them.
+            self.save_hyperparameters({**self.hparams, **spec.pixel_options()})
 
     # ------------------------------------------------------------------ setup
 

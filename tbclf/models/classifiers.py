@@ -234,10 +234,15 @@ class SimpleCNNClassifier(TBClassifier):
         self.image_size = int(image_size)
 
     def set_input_spec(self, spec: InputSpec) -> None:
-        # A new plain-flatten model without an image_size of its own is sized for its data.
-        resize = self.adaptive_pool is None and not self._fixed_size
-        if resize and self.own_input_spec is None and spec.image_size != self.image_size:
-            self._build(spec.image_size)
+        # A new model takes its data's image size (a plain-flatten one without an image_size of
+        # its own is built again for it); image_size records it, as the data's options do.
+        sized = self.adaptive_pool is not None or not self._fixed_size
+        if sized and self.own_input_spec is None:
+            if spec.image_size != self.image_size:
+                if self.adaptive_pool is None:
+                    self._build(spec.image_size)
+                self.image_size = spec.image_size
+            self.record_hparams(image_size=spec.image_size)
         super().set_input_spec(spec)
 
     def check_input_spec(self, spec: InputSpec) -> None:

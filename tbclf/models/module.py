@@ -189,7 +189,12 @@ class TBClassifier(pl.LightningModule):
         hparams.yaml, predictions.json). Saved again as a whole because under LightningCLI the
         hyperparameters are the parsed config, which cannot know the file's hash."""
         self.weights_origin = dict(origin)
-        self.save_hyperparameters({**self.hparams, "weights_origin": dict(origin)})
+        self.record_hparams(weights_origin=dict(origin))
+
+    def record_hparams(self, **changes: Any) -> None:
+        """Change hyperparameters where both the checkpoint (``hparams``) and hparams.yaml
+        (Lightning logs ``hparams_initial``) read them."""
+        self.save_hyperparameters({**self.hparams, **changes})
 
     @classmethod
     def load(cls, path: str, map_location: str | torch.device = "cpu") -> TBClassifier:
@@ -224,7 +229,7 @@ class TBClassifier(pl.LightningModule):
         self.input_spec = InputSpec.from_dict(spec.pixel_options()).with_network(
             self.input_spec.in_chans, self.input_spec.mean, self.input_spec.std
         )
-        self.hparams["input_spec"] = self.input_spec.to_dict()
+        self.record_hparams(input_spec=self.input_spec.to_dict())
 
     def check_input_spec(self, spec: InputSpec) -> None:
         """Raise ConfigError when the network cannot take images of this spec."""
