@@ -25,7 +25,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from tbclf.data.datamodule import TBDataModule
 from tbclf.data.layouts import class_folder_names
 from tbclf.data.records import BINARY_CLASSES
-from tbclf.data.spec import PIXEL_FIELDS
+from tbclf.data.spec import PIXEL_FIELDS, InputSpec
 from tbclf.engine.checkpoint_io import AtomicCheckpointIO
 from tbclf.engine.lifecycle import (
     STOPPED,
@@ -102,6 +102,20 @@ def suggest_options(message: str, known: list[str]) -> list[str]:
             if match not in hints:
                 hints.append(match)
     return hints[:3]
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """config.yaml with the pixel options the data module used: the model's own, from a
+    checkpoint, whatever the command line said (callbacks set up after the data module)."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        spec = getattr(trainer.datamodule, "input_spec", None)
+        data = self.config.get("data") if isinstance(spec, InputSpec) else None
+        if data:
+            for key, value in spec.pixel_options().items():
+                if key in data:
+                    data[key] = value
+        super().setup(trainer, pl_module, stage)
 
 
 class TBCLI(LightningCLI):
@@ -205,7 +219,8 @@ class TBCLI(LightningCLI):
         return {k: v for k, v in dict(cfg).items() if k not in defaults or defaults[k] != v}
 
     def _data_from_checkpoint(self, ckpt: str) -> None:
-        """Pixel options from the model's spec; validate/test split from the run folder."""
+        """Say which pixel options the model's spec overrides (the data module takes the
+        model's spec in its setup); validate/test split from the run folder."""
         cfg = self.config[self.subcommand]
         data = cfg.get("data")
         if data is None:
@@ -220,9 +235,6 @@ class TBCLI(LightningCLI):
                 f"value so inputs match training ({ckpt}).",
                 stacklevel=2,
             )
-        for key, value in spec.pixel_options().items():
-            if key in data:
-                data[key] = value
         if self.subcommand in ("validate", "test", "fit"):  # fit: a resumed run
             _use_run_split(data, user, ckpt)
 
@@ -281,14 +293,10 @@ class TBCLI(LightningCLI):
             if self.subcommand == "fit" and run_dir_of(ckpt) is not None:
                 check_resume(Path(ckpt), bool(cfg.get("extend")), cfg.trainer.get("max_epochs"))
         model_args = cfg.model.get("init_args") if cfg.get("model") else None
-        if model_args is not None and cfg.get("data"):
-            if "image_size" in model_args:
-                # A model that sizes its layers from the input takes the data's image size.
-                model_args.image_size = cfg.data.image_size
-            if not ckpt:  # a new model learns to see what the data module delivers
-                model_args.input_spec = {k: cfg.data[k] for k in PIXEL_FIELDS if k in cfg.data}
-                # ... and its head has one output per class of that data (one for two).
-                model_args.class_names = data_class_names(cfg.data)
+        if model_args is not None and cfg.get("data") and not ckpt:
+            # A new model's head has one output per class of its data (one for two). Its input
+            # spec comes from the data module in its setup (see tbclf.models.module).
+            model_args.class_names = data_class_names(cfg.data)
         trainer = cfg.trainer
         if trainer.get("precision") is None:
             accelerator = str(trainer.get("accelerator") or "auto")
@@ -497,7 +505,7 @@ def run_trainer_command(argv: list[str], from_sys_argv: bool, prog: str, descrip
         model_class=TBClassifier,
         datamodule_class=TBDataModule,
         subclass_mode_model=True,
-        save_config_callback=SaveConfigCallback,
+        save_config_callback=RunConfigCallback,
         parser_class=TBArgumentParser,
         seed_everything_default=42,
         trainer_defaults={

@@ -10,6 +10,7 @@ import torch
 import yaml
 from cli_helpers import CONFIGS, make_learnable, run_cli, small_run_args
 
+from tbclf.data.spec import PIXEL_FIELDS
 from tbclf.io import read_output_csv
 from tbclf.models.loading import load_classifier
 
@@ -60,6 +61,18 @@ def _test(base: Path, run_dir: Path, *extra: str):
         ],
         cwd=base,
     )
+
+
+def test_the_model_takes_its_spec_from_the_data_module_once(run) -> None:
+    _, run_dir = run
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["init_args"]["input_spec"] is None, "no spec from the CLI"
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu",
+                      weights_only=False)  # fmt: skip
+    for spec in (hparams["input_spec"], ckpt["hyper_parameters"]["input_spec"]):
+        assert {k: spec[k] for k in PIXEL_FIELDS} == {k: config["data"][k] for k in PIXEL_FIELDS}
+    assert hparams["input_spec"]["image_size"] == 48
 
 
 def test_test_scores_the_runs_own_split(run) -> None:

@@ -117,3 +117,29 @@ def test_fit_records_the_data_modules_spec(tmp_path: Path) -> None:
 def test_a_fixed_size_cnn_refuses_another_image_size() -> None:
     with pytest.raises(ConfigError, match="adaptive_pool"):
         _small().set_input_spec(InputSpec(image_size=64))
+
+
+def test_a_spec_the_model_has_is_never_replaced_by_the_datas(tmp_path: Path) -> None:
+    model = _small(input_spec=SPEC)
+    dm = FakeDataModule(size=32)
+    dm.input_spec = InputSpec(image_size=32, preprocessing="none")
+    tiny_trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm)
+    assert model.input_spec.preprocessing == "equalize"
+    assert model.hparams["input_spec"]["preprocessing"] == "equalize"
+
+
+def test_a_new_plain_flatten_cnn_is_sized_for_its_data(tmp_path: Path) -> None:
+    model = _small(image_size=None)
+    assert model.own_input_spec is None
+    dm = FakeDataModule(size=48)
+    dm.input_spec = InputSpec(image_size=48)
+    trainer = tiny_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert model.image_size == model.input_spec.image_size == model.hparams["image_size"] == 48
+    assert model.hparams_initial["input_spec"]["image_size"] == 48, "hparams.yaml records it"
+    ckpt = tmp_path / "fit.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = TBClassifier.load(str(ckpt))
+    x = torch.rand(2, 1, 48, 48)
+    model.eval()
+    assert torch.allclose(loaded(x), model(x))

@@ -56,12 +56,12 @@ class TBDataModule(pl.LightningDataModule):
         self,
         root: str | Path | None = None,
         layout: str = "auto",
-        preprocessing: str = "clahe",
-        clahe_clip_limit: float = 2.0,
-        clahe_tile_grid: int = 8,
-        image_size: int = 224,
-        resize: str = "pad",
-        crop_border: bool = True,
+        preprocessing: str = InputSpec.preprocessing,
+        clahe_clip_limit: float = InputSpec.clahe_clip_limit,
+        clahe_tile_grid: int = InputSpec.clahe_tile_grid,
+        image_size: int = InputSpec.image_size,
+        resize: str = InputSpec.resize,
+        crop_border: bool = InputSpec.crop_border,
         batch_size: int = 32,
         num_workers: int = 2,
         seed: int = 42,
@@ -165,8 +165,8 @@ class TBDataModule(pl.LightningDataModule):
         self.keep_non_chest = bool(keep_non_chest)
         self.group_by = group_by
         self.near_duplicates = bool(near_duplicates)
-        # The pixel settings as one InputSpec; a model trained on this data takes it over, and
-        # a trained model hands its own back for validate/test/predict (see setup()).
+        # The pixel settings as one InputSpec; a new model trained on this data takes it over,
+        # and a trained model hands its own back (see setup()).
         self.use_input_spec(
             InputSpec(
                 image_size=image_size,
@@ -214,11 +214,12 @@ class TBDataModule(pl.LightningDataModule):
         self.split = {}
 
     def _adopt_model_spec(self) -> None:
-        """validate/test/predict: images are prepared as the model was trained, whatever
-        today's data.* settings say (the model carries its spec in its checkpoint)."""
+        """A model with a spec of its own (a checkpoint's: a resumed fit, validate, test,
+        predict) gets its images prepared as it was trained, whatever today's data.* settings
+        say; a new model takes this module's spec instead, in its own setup."""
         trainer = self.trainer
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        spec = getattr(model, "input_spec", None)
+        spec = getattr(model, "own_input_spec", getattr(model, "input_spec", None))
         if not isinstance(spec, InputSpec):
             return
         changed = spec.differences(self.input_spec.pixel_options())
@@ -229,14 +230,15 @@ class TBDataModule(pl.LightningDataModule):
                           for k, (theirs, ours) in changed.items()),
             )  # fmt: skip
             self.use_input_spec(InputSpec.from_options(spec.pixel_options()))
+            # The options used, where checkpoints and hparams.yaml read them.
+            self.save_hyperparameters({**self.hparams, **spec.pixel_options()})
 
     # ------------------------------------------------------------------ setup
 
     def setup(self, stage: str | None = None) -> None:
         # Lightning passes a TrainerFn, a str enum that formats as "TrainerFn.TESTING".
         stage = str(getattr(stage, "value", stage or "fit"))
-        if stage != "fit":
-            self._adopt_model_spec()
+        self._adopt_model_spec()
         if stage == "predict":
             self._setup_predict()
             return

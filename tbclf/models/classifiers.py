@@ -170,7 +170,8 @@ class SimpleCNNClassifier(TBClassifier):
         head: dense layer widths before the logit.
         adaptive_pool: average-pool the features to this size before flattening (None = plain
             flatten as the original; then ``image_size`` must equal the data's image size).
-        image_size: input side length, used to size the first dense layer.
+        image_size: input side length, used to size the first dense layer. None: the input
+            spec's (a new model's layers are sized again for the data's when it is fitted).
         weights: a tbclf checkpoint of this architecture (e.g. a chest X-ray pretraining run) or
             an exported backbone file (``tbclf backbone``): every layer but the last (the head)
             starts from it; path and SHA-256 are recorded (``weights_origin``).
@@ -187,38 +188,57 @@ class SimpleCNNClassifier(TBClassifier):
         dropout: float = 0.0,
         head: list[int] = [64, 32, 16],  # noqa: B006
         adaptive_pool: int | None = None,
-        image_size: int = 224,
+        image_size: int | None = None,
         weights: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
         super().__init__(**kwargs)  # saves this signature's arguments and the common ones
-        weights = _recorded_weights(self, weights)
-        try:
-            # The architecture arguments are SimpleCNN's own, under the same names.
-            arch = inspect.signature(SimpleCNN).parameters
-            self.net = SimpleCNN(
-                in_chans=1,
-                num_classes=self.num_outputs,
-                **{k: v for k, v in self.hparams.items() if k in arch and k != "num_classes"},
-            )
-        except ValueError as e:
-            raise ConfigError(f"model (SimpleCNNClassifier): {e}") from e
-        if weights is not None:
-            load_backbone(
-                self.net,
-                read_state_dict(weights),
-                self.net.head_keys(),
-                weights,
-                "SimpleCNNClassifier",
-            )
+        self._weights = _recorded_weights(self, weights)
+        self._fixed_size = image_size is not None
+        self.adaptive_pool = adaptive_pool
+        self._build(self.input_spec.image_size if image_size is None else int(image_size))
 
         self.input_adapter = InputAdapter(
             in_chans=1, mean=(0.5,), std=(0.5,), channels_last=self.channels_last
         )
         self._network_spec()
+
+    def _build(self, image_size: int) -> None:
+        """The network for `image_size` inputs, from ``weights`` when given."""
+        try:
+            # The architecture arguments are SimpleCNN's own, under the same names.
+            arch = inspect.signature(SimpleCNN).parameters
+            skip = ("num_classes", "image_size")
+            self.net = SimpleCNN(
+                in_chans=1,
+                num_classes=self.num_outputs,
+                image_size=image_size,
+                **{k: v for k, v in self.hparams.items() if k in arch and k not in skip},
+            )
+        except ValueError as e:
+            raise ConfigError(f"model (SimpleCNNClassifier): {e}") from e
+        if self._weights is not None:
+            load_backbone(
+                self.net,
+                read_state_dict(self._weights),
+                self.net.head_keys(),
+                self._weights,
+                "SimpleCNNClassifier",
+            )
         self.image_size = int(image_size)
-        self.adaptive_pool = adaptive_pool
+
+    def set_input_spec(self, spec: InputSpec) -> None:
+        # A new model takes its data's image size (a plain-flatten one without an image_size of
+        # its own is built again for it); image_size records it, as the data's options do.
+        sized = self.adaptive_pool is not None or not self._fixed_size
+        if sized and self.own_input_spec is None:
+            if spec.image_size != self.image_size:
+                if self.adaptive_pool is None:
+                    self._build(spec.image_size)
+                self.image_size = spec.image_size
+            self.record_hparams(image_size=spec.image_size)
+        super().set_input_spec(spec)
 
     def check_input_spec(self, spec: InputSpec) -> None:
         if self.adaptive_pool is None and spec.image_size != self.image_size:

@@ -10,6 +10,12 @@ with BCE, a threshold and a calibrated P(TB). More classes (pretraining on a fol
 folders) are a softmax head with cross-entropy and macro AUROC / balanced accuracy; such a
 model is a backbone to start from (``model.weights``), so it has no threshold or P(TB).
 
+The input spec has one path into a model, Lightning's ``setup`` hooks: a new model takes the
+data module's spec in its ``setup`` at fit, and a model that has one (a checkpoint's) hands it to
+the data module in the data module's ``setup`` (fit resumed, validate, test, predict). Not a
+``link_arguments`` link: a link always overwrites its target, so a checkpoint's own spec would
+give way to today's ``data.*`` options, and a fit without the CLI would bypass it.
+
 The operating threshold is chosen on the validation set at the end of each validation epoch
 (``tbclf.evaluation.operating_point.choose_operating_point``) and kept in the ``threshold``
 buffer, so the checkpoint that ModelCheckpoint keeps for the best ``val/auroc`` carries the
@@ -72,9 +78,10 @@ class TBClassifier(pl.LightningModule):
         threshold_strategy: how the operating threshold is picked on validation data.
         target_sensitivity: sensitivity the "sensitivity" strategy must reach on validation.
         channels_last: channels-last memory layout for model and input on CUDA.
-        input_spec: what the model takes (:class:`tbclf.data.spec.InputSpec` as a dict). Set
-            from the ``data.*`` options when training starts and saved with the hyperparameters;
-            every later consumer (test, predict, explain, export, serve) reads it from here.
+        input_spec: what the model takes (:class:`tbclf.data.spec.InputSpec` as a dict). None
+            for a new model: it takes the data module's when training starts (``setup``) and
+            saves it with the hyperparameters; every later consumer (test, predict, explain,
+            export, serve) reads it from here.
         class_names: the classes, in label order; set from the data (``data.layout: classes``
             takes them from the folder names). None: healthy vs TB.
         weights_origin: where the starting weights came from (path, SHA-256); recorded from
@@ -182,7 +189,12 @@ class TBClassifier(pl.LightningModule):
         hparams.yaml, predictions.json). Saved again as a whole because under LightningCLI the
         hyperparameters are the parsed config, which cannot know the file's hash."""
         self.weights_origin = dict(origin)
-        self.save_hyperparameters({**self.hparams, "weights_origin": dict(origin)})
+        self.record_hparams(weights_origin=dict(origin))
+
+    def record_hparams(self, **changes: Any) -> None:
+        """Change hyperparameters where both the checkpoint (``hparams``) and hparams.yaml
+        (Lightning logs ``hparams_initial``) read them."""
+        self.save_hyperparameters({**self.hparams, **changes})
 
     @classmethod
     def load(cls, path: str, map_location: str | torch.device = "cpu") -> TBClassifier:
@@ -205,13 +217,19 @@ class TBClassifier(pl.LightningModule):
             adapter.std.flatten().tolist() if normalized else None,
         )
 
+    @property
+    def own_input_spec(self) -> InputSpec | None:
+        """The spec this model already has (given, from a checkpoint, or set by a fit); None
+        for a new model, which takes the data module's when it is fitted."""
+        return self.input_spec if self.hparams.get("input_spec") is not None else None
+
     def set_input_spec(self, spec: InputSpec) -> None:
         """Adopt the training data's spec (pixel side) and record it in the hyperparameters."""
         self.check_input_spec(spec)
         self.input_spec = InputSpec.from_dict(spec.pixel_options()).with_network(
             self.input_spec.in_chans, self.input_spec.mean, self.input_spec.std
         )
-        self.hparams["input_spec"] = self.input_spec.to_dict()
+        self.record_hparams(input_spec=self.input_spec.to_dict())
 
     def check_input_spec(self, spec: InputSpec) -> None:
         """Raise ConfigError when the network cannot take images of this spec."""
@@ -240,10 +258,12 @@ class TBClassifier(pl.LightningModule):
         return recorded.with_threshold(float(self.threshold), float(self.temperature))
 
     def setup(self, stage: str) -> None:
-        # Training: the data module's spec is what this model learns to see.
+        # The one place a new model gets its spec: the data module's, when it is fitted. A
+        # model that has one keeps it (the data module took it over in its own setup).
         trainer = self._trainer
         spec = getattr(getattr(trainer, "datamodule", None), "input_spec", None)
-        if str(getattr(stage, "value", stage)) == "fit" and isinstance(spec, InputSpec):
+        fitting = str(getattr(stage, "value", stage)) == "fit"
+        if fitting and self.own_input_spec is None and isinstance(spec, InputSpec):
             self.set_input_spec(spec)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
