@@ -65,3 +65,22 @@ def test_round_trip_and_refusals() -> None:
         "resize": ("pad", "squash")
     }
     assert np.isclose(spec.mean[0], 0.485)
+
+
+def test_pixel_defaults_have_one_home() -> None:
+    """Training's spec, the data module, eda's options and the transforms default alike."""
+    import inspect
+
+    from tbclf.commands.common import DATA_OPTIONS
+    from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
+    from tbclf.data.transforms import build_transforms
+
+    spec = InputSpec()
+    module = inspect.signature(TBDataModule).parameters
+    transforms = inspect.signature(build_transforms).parameters
+    for name, value in PIXEL_DEFAULTS._asdict().items():
+        assert getattr(spec, name) == value and module[name].default == value, name
+        if name in transforms:
+            assert transforms[name].default == value, name
+        if name in DATA_OPTIONS and name != "image_size":  # eda's statistics use 256 px
+            assert DATA_OPTIONS[name][1] == value, name

@@ -7,16 +7,17 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS
+from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
 
 # The data options that shape what a model sees; eda takes them like training does.
 DATA_OPTIONS: dict[str, tuple[type, Any, str]] = {
     "layout": (str, "auto", "auto, nlm, zindi or folders"),
-    "preprocessing": (str, "clahe", "clahe, equalize or none"),
-    "clahe_clip_limit": (float, 2.0, "CLAHE clip limit"),
-    "clahe_tile_grid": (int, 8, "CLAHE tiles per side"),
+    "preprocessing": (str, PIXEL_DEFAULTS.preprocessing, "clahe, equalize or none"),
+    "clahe_clip_limit": (float, PIXEL_DEFAULTS.clahe_clip_limit, "CLAHE clip limit"),
+    "clahe_tile_grid": (int, PIXEL_DEFAULTS.clahe_tile_grid, "CLAHE tiles per side"),
     "image_size": (int, 256, "side of the square image the statistics use"),
-    "resize": (str, "pad", "pad (keep aspect ratio) or squash"),
-    "crop_border": (bool, True, "crop uniform black bands first"),
+    "resize": (str, PIXEL_DEFAULTS.resize, "pad (keep aspect ratio) or squash"),
+    "crop_border": (bool, PIXEL_DEFAULTS.crop_border, "crop uniform black bands first"),
     "num_workers": (int, 2, "decoding processes"),
     "max_pixels": (int, DEFAULT_MAX_PIXELS, "refuse bigger images"),
 }

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tbclf.data import imageio
+from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
 from tbclf.data.records import Record
 from tbclf.data.transforms import contrast_transform
 from tbclf.errors import DataError
@@ -51,12 +52,12 @@ class DecodeCache:
 
     cache_dir: Path
     image_size: int
-    resize: str = "pad"
-    crop_border: bool = True
+    resize: str = PIXEL_DEFAULTS.resize
+    crop_border: bool = PIXEL_DEFAULTS.crop_border
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
     preprocessing: str = "none"
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
+    clahe_clip_limit: float = PIXEL_DEFAULTS.clahe_clip_limit
+    clahe_tile_grid: int = PIXEL_DEFAULTS.clahe_tile_grid
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tbclf.data import imageio
+from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
 from tbclf.data.transforms import PREPROCESSING, contrast_transform
 from tbclf.errors import ConfigError
 
@@ -39,12 +40,12 @@ class InputSpec:
     ``in_chans`` channels after gray expansion, normalised with ``mean``/``std``.
     """
 
-    image_size: int = 224
-    resize: str = "pad"
-    crop_border: bool = True
-    preprocessing: str = "clahe"
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
+    image_size: int = PIXEL_DEFAULTS.image_size
+    resize: str = PIXEL_DEFAULTS.resize
+    crop_border: bool = PIXEL_DEFAULTS.crop_border
+    preprocessing: str = PIXEL_DEFAULTS.preprocessing
+    clahe_clip_limit: float = PIXEL_DEFAULTS.clahe_clip_limit
+    clahe_tile_grid: int = PIXEL_DEFAULTS.clahe_tile_grid
     bit_depth: str = "auto"
     in_chans: int = 1
     mean: tuple[float, ...] | None = field(default=None)

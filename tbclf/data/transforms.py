@@ -11,6 +11,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
 from tbclf.errors import ConfigError
 
 PREPROCESSING = ("clahe", "equalize", "none")
@@ -25,7 +26,9 @@ STAGES = {
 
 
 def contrast_transform(
-    preprocessing: str, clahe_clip_limit: float = 2.0, clahe_tile_grid: int = 8
+    preprocessing: str,
+    clahe_clip_limit: float = PIXEL_DEFAULTS.clahe_clip_limit,
+    clahe_tile_grid: int = PIXEL_DEFAULTS.clahe_tile_grid,
 ) -> A.BasicTransform | None:
     """The deterministic contrast step, or None for "none"."""
     if preprocessing not in PREPROCESSING:
@@ -49,9 +52,9 @@ def contrast_transform(
 
 def build_transforms(
     stage: str,
-    preprocessing: str = "clahe",
-    clahe_clip_limit: float = 2.0,
-    clahe_tile_grid: int = 8,
+    preprocessing: str = PIXEL_DEFAULTS.preprocessing,
+    clahe_clip_limit: float = PIXEL_DEFAULTS.clahe_clip_limit,
+    clahe_tile_grid: int = PIXEL_DEFAULTS.clahe_tile_grid,
     hflip: bool = False,
     seed: int | None = None,
     *,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.layouts import discover
+from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
 from tbclf.data.records import Record
 from tbclf.data.splits import find_duplicates, hash_files
 from tbclf.data.transforms import PREPROCESSING, contrast_transform
@@ -337,13 +338,13 @@ def run_eda(
     root: str | Path,
     out: str | Path,
     layout: str = "auto",
-    preprocessing: str = "clahe",
+    preprocessing: str = PIXEL_DEFAULTS.preprocessing,
     image_size: int = 256,
     max_images: int | None = None,
-    resize: str = "pad",
-    crop_border: bool = True,
-    clahe_clip_limit: float = 2.0,
-    clahe_tile_grid: int = 8,
+    resize: str = PIXEL_DEFAULTS.resize,
+    crop_border: bool = PIXEL_DEFAULTS.crop_border,
+    clahe_clip_limit: float = PIXEL_DEFAULTS.clahe_clip_limit,
+    clahe_tile_grid: int = PIXEL_DEFAULTS.clahe_tile_grid,
     pca_size: int = 64,
     pca_components: int = 6,
     max_pca_images: int = 300,
