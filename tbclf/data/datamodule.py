@@ -20,6 +20,7 @@ from tbclf.data.dataset import CachedImageDataset, TBDataLoader, build_loader, r
 from tbclf.data.grouping import group_keys
 from tbclf.data.imageio import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from tbclf.data.neardup import find_near_duplicates
+from tbclf.data.pixel_defaults import PIXEL_DEFAULTS
 from tbclf.data.predict_set import PredictDataset
 from tbclf.data.records import Record
 from tbclf.data.spec import InputSpec
@@ -56,12 +57,12 @@ class TBDataModule(pl.LightningDataModule):
         self,
         root: str | Path | None = None,
         layout: str = "auto",
-        preprocessing: str = InputSpec.preprocessing,
-        clahe_clip_limit: float = InputSpec.clahe_clip_limit,
-        clahe_tile_grid: int = InputSpec.clahe_tile_grid,
-        image_size: int = InputSpec.image_size,
-        resize: str = InputSpec.resize,
-        crop_border: bool = InputSpec.crop_border,
+        preprocessing: str = PIXEL_DEFAULTS.preprocessing,
+        clahe_clip_limit: float = PIXEL_DEFAULTS.clahe_clip_limit,
+        clahe_tile_grid: int = PIXEL_DEFAULTS.clahe_tile_grid,
+        image_size: int = PIXEL_DEFAULTS.image_size,
+        resize: str = PIXEL_DEFAULTS.resize,
+        crop_border: bool = PIXEL_DEFAULTS.crop_border,
         batch_size: int = 32,
         num_workers: int = 2,
         seed: int = 42,
