@@ -26,6 +26,7 @@ from tbclf.models.backbone import (
 from tbclf.models.finetuning import BACKBONE_GROUP, BackboneFreezeUnfreeze
 from tbclf.models.input import InputAdapter, timm_input_adapter
 from tbclf.models.module import TBClassifier
+from tbclf.models.shipped_weights import resolve_weights
 from tbclf.models.simple_cnn import SimpleCNN
 
 
@@ -262,7 +263,7 @@ class SimpleCNNClassifier(TBClassifier):
 def _recorded_weights(model: TBClassifier, weights: str | None) -> Path | None:
     """The starting-weights file as a path, its origin recorded on ``model`` first so a
     checkpoint always says which file its weights began from."""
-    path = None if weights is None else Path(weights).expanduser()
+    path = None if weights is None else resolve_weights(weights)
     if path is not None:
         model.record_weights_origin(weights_origin(path))
     return path

@@ -1,0 +1,63 @@
+"""The chest X-ray backbone that ships inside the package loads offline, by name."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tbclf.errors import ConfigError
+from tbclf.models import TimmClassifier
+from tbclf.models.shipped_weights import resolve_weights, shipped_weights
+
+CARD = Path(__file__).resolve().parents[1] / "tbclf" / "weights" / "MODEL_CARD.md"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network use in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_every_shipped_file_is_on_the_model_card_with_its_hash():
+    shipped = shipped_weights()
+    assert "cxr_mobilenetv2_100" in shipped
+    card = CARD.read_text()
+    for name, path in shipped.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        pattern = rf"`tbclf:{name}` \| `{re.escape(path.name)}`[^\n]*`([0-9a-f]{{64}})`"
+        row = re.search(pattern, card)
+        assert row, f"{path.name} has no row with its SHA-256 on the model card"
+        assert row.group(1) == digest, f"{path.name}: the card's hash is not the file's"
+
+
+def test_shipped_backbone_loads_offline_by_name_and_records_its_origin(no_network):
+    path = resolve_weights("tbclf:cxr_mobilenetv2_100")
+    model = TimmClassifier(
+        backbone="mobilenetv2_100", pretrained=True, weights="tbclf:cxr_mobilenetv2_100"
+    )
+    origin = model.weights_origin
+    assert origin["file"] == "cxr_mobilenetv2_100.safetensors"
+    assert origin["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model.hparams["weights_origin"] == origin
+
+    # Every tensor but the head comes from the file (stored fp16, loaded into fp32).
+    shipped = load_file(str(path))
+    state = model.net.state_dict()
+    assert set(shipped) == set(state) - model.head_keys()
+    for key, value in shipped.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2,)  # one TB logit an image
+
+
+def test_unknown_shipped_name_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"tbclf:nope.*shipped: tbclf:cxr_mobilenetv2_100"):
+        resolve_weights("tbclf:nope")
+    assert resolve_weights("~/w.pt") == Path("~/w.pt").expanduser()
