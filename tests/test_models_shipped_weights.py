@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tbclf.errors import ConfigError
-from tbclf.models import TimmClassifier
+from tbclf.models import SimpleCNNClassifier, TimmClassifier
 from tbclf.models.shipped_weights import resolve_weights, shipped_weights
 
-CARD = Path(__file__).resolve().parents[1] / "tbclf" / "weights" / "MODEL_CARD.md"
+REPO = Path(__file__).resolve().parents[1]
+CARD = REPO / "tbclf" / "weights" / "MODEL_CARD.md"
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def no_network(monkeypatch):
 
 def test_every_shipped_file_is_on_the_model_card_with_its_hash():
     shipped = shipped_weights()
-    assert "cxr_mobilenetv2_100" in shipped
+    assert {"cxr_mobilenetv2_100", "cxr_simple_cnn"} <= set(shipped)
     card = CARD.read_text()
     for name, path in shipped.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -55,6 +57,21 @@ def test_shipped_backbone_loads_offline_by_name_and_records_its_origin(no_networ
     for key, value in shipped.items():
         assert torch.equal(state[key], value.to(state[key].dtype)), key
     assert model(torch.rand(2, 3, 64, 64)).shape == (2,)  # one TB logit an image
+
+
+def test_small_cnn_backbone_fits_the_shipped_config_offline(no_network):
+    """The small CNN's file starts the network of configs/simple_cnn.yaml as shipped."""
+    config = yaml.safe_load((REPO / "configs" / "simple_cnn.yaml").read_text())
+    args = {**config["model"]["init_args"], "weights": "tbclf:cxr_simple_cnn"}
+    model = SimpleCNNClassifier(**args)
+    path = resolve_weights("tbclf:cxr_simple_cnn")
+    assert model.weights_origin["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    shipped = load_file(str(path))
+    state = model.net.state_dict()
+    assert set(shipped) == set(state) - model.head_keys()
+    for key, value in shipped.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    assert model(torch.rand(2, 1, 96, 96)).shape == (2,)
 
 
 def test_unknown_shipped_name_is_a_clear_error():
