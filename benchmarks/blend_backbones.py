@@ -23,12 +23,11 @@ def backbone_of(weights: str, backbone: str) -> dict[str, torch.Tensor]:
     """The network of ``weights`` (a path, ``tbclf:<name>`` or ``imagenet``) without its head."""
     from tbclf.models import TimmClassifier
     from tbclf.models.backbone import offline_mobilenetv2_weights
+    from tbclf.models.backbone_file import headless_state
 
     if weights == "imagenet":
         weights = str(offline_mobilenetv2_weights())
-    model = TimmClassifier(backbone=backbone, pretrained=False, weights=weights)
-    head = model.head_keys()
-    return {k: v for k, v in model.net.state_dict().items() if k not in head}
+    return headless_state(TimmClassifier(backbone=backbone, pretrained=False, weights=weights))
 
 
 def blend(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tbclf.models import TimmClassifier
+from tbclf.models.backbone_file import headless_state
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SPEC = importlib.util.spec_from_file_location("blend_backbones", BENCHMARKS / "blend_backbones.py")
@@ -33,8 +34,7 @@ def test_blended_file_starts_a_model_between_its_two_ends(tmp_path: Path) -> Non
     torch.manual_seed(0)
     ends = []
     for name in ("a", "b"):
-        net = TimmClassifier(pretrained=False, channels_last=False)
-        body = {k: v for k, v in net.net.state_dict().items() if k not in net.head_keys()}
+        body = headless_state(TimmClassifier(pretrained=False, channels_last=False))
         save_file(body, tmp_path / f"{name}.safetensors")
         ends.append(body)
     a = blend_backbones.backbone_of(str(tmp_path / "a.safetensors"), "mobilenetv2_100")

@@ -1,4 +1,4 @@
-"""The chest X-ray backbone that ships inside the package loads offline, by name."""
+"""The chest X-ray backbones that ship inside the package load offline, by name."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
+def _starts_from(model, path: Path) -> None:
+    """Every tensor but the head comes from the file (stored fp16, loaded into fp32)."""
+    shipped = load_file(str(path))
+    state = model.net.state_dict()
+    assert set(shipped) == set(state) - model.head_keys()
+    for key, value in shipped.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+
+
 def test_every_shipped_file_is_on_the_model_card_with_its_hash():
     shipped = shipped_weights()
     assert {"cxr_mobilenetv2_100", "cxr_simple_cnn"} <= set(shipped)
@@ -50,12 +59,7 @@ def test_shipped_backbone_loads_offline_by_name_and_records_its_origin(no_networ
     assert origin["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert model.hparams["weights_origin"] == origin
 
-    # Every tensor but the head comes from the file (stored fp16, loaded into fp32).
-    shipped = load_file(str(path))
-    state = model.net.state_dict()
-    assert set(shipped) == set(state) - model.head_keys()
-    for key, value in shipped.items():
-        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    _starts_from(model, path)
     assert model(torch.rand(2, 3, 64, 64)).shape == (2,)  # one TB logit an image
 
 
@@ -66,11 +70,7 @@ def test_small_cnn_backbone_fits_the_shipped_config_offline(no_network):
     model = SimpleCNNClassifier(**args)
     path = resolve_weights("tbclf:cxr_simple_cnn")
     assert model.weights_origin["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    shipped = load_file(str(path))
-    state = model.net.state_dict()
-    assert set(shipped) == set(state) - model.head_keys()
-    for key, value in shipped.items():
-        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    _starts_from(model, path)
     assert model(torch.rand(2, 1, 96, 96)).shape == (2,)
 
 

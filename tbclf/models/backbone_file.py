@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,7 +16,16 @@ from tbclf.errors import ConfigError
 from tbclf.io import atomic_write_bytes
 from tbclf.models.loading import load_classifier
 
+if TYPE_CHECKING:
+    from tbclf.models.module import TBClassifier
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def headless_state(model: TBClassifier) -> dict[str, torch.Tensor]:
+    """A classifier's network without its head: what ``model.weights`` transfers."""
+    head = model.head_keys()
+    return {k: v for k, v in model.net.state_dict().items() if k not in head}
 
 
 def backbone_tensors(ckpt_path: str | Path, dtype: str = "float16") -> tuple[dict, dict]:
@@ -25,11 +34,9 @@ def backbone_tensors(ckpt_path: str | Path, dtype: str = "float16") -> tuple[dic
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     model = load_classifier(ckpt_path, two_class=False)
-    head = model.head_keys()
     tensors = {
         k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous()
-        for k, v in model.net.state_dict().items()
-        if k not in head
+        for k, v in headless_state(model).items()
     }
     hparams = dict(model.hparams)
     metadata = {
