@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from tbclf.errors import ConfigError
 from tbclf.models import SimpleCNNClassifier, TimmClassifier
+from tbclf.models.backbone_file import headless_state
 from tbclf.models.shipped_weights import resolve_weights, shipped_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ def no_network(monkeypatch):
 def _starts_from(model, path: Path) -> None:
     """Every tensor but the head comes from the file (stored fp16, loaded into fp32)."""
     shipped = load_file(str(path))
-    state = model.net.state_dict()
-    assert set(shipped) == set(state) - model.head_keys()
+    state = headless_state(model)
+    assert set(shipped) == set(state)
     for key, value in shipped.items():
         assert torch.equal(state[key], value.to(state[key].dtype)), key
 
