@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import pytest
 import yaml
 from cli_helpers import CONFIGS, make_learnable, run_cli, small_run_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+_SPEC = importlib.util.spec_from_file_location("backbone_dtype", BENCHMARKS / "backbone_dtype.py")
+backbone_dtype = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(backbone_dtype)
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +53,15 @@ def test_pretrain_then_tb_fit_records_the_backbone(tmp_path: Path, config: str) 
     tags = set(events.Tags()["scalars"])
     assert {"val/auroc", "val/balanced_accuracy", "val/auroc_covid19"} <= tags, tags
     pre_ckpt = pre_dir / "checkpoints" / "best.ckpt"
+
+    # The fp16 check of the pretraining table scores exactly the run's validation images and
+    # reproduces the best epoch's logged validation AUROC before rounding.
+    dtype_check = backbone_dtype.compare(pre_dir, "float16")
+    split = json.loads((pre_dir / "split.json").read_text())
+    assert dtype_check["images"] == len(split["splits"]["val"])
+    best = max(e.value for e in events.Scalars("val/auroc"))
+    assert dtype_check["float32"]["auroc_macro"] == pytest.approx(best, abs=1e-4)
+    assert 0 <= dtype_check["same_class"] <= dtype_check["images"]
 
     make_learnable(tmp_path / "tb")
     _ok(run_cli(["fit", "--config", str(CONFIGS / "simple_cnn.yaml"),
