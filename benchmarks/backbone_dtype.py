@@ -18,21 +18,20 @@ import argparse
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from tbclf.models.module import TBClassifier
 
-def rounded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of ``model`` whose backbone's floating tensors went through ``dtype`` and back."""
-    from tbclf.models.backbone_file import headless_state
+
+def rounded(model: TBClassifier, dtype: str) -> TBClassifier:
+    """A copy of ``model`` whose backbone is what a ``dtype`` backbone file would restore."""
+    from tbclf.models.backbone_file import headless_state_as
 
     out = copy.deepcopy(model)
-    keep = set(headless_state(out))
-    with torch.no_grad():
-        for key, value in out.net.state_dict().items():
-            if key in keep and value.is_floating_point():
-                value.copy_(value.to(dtype).to(value.dtype))
+    out.net.load_state_dict(headless_state_as(out, dtype), strict=False)  # the head stays
     return out
 
 
@@ -51,20 +50,20 @@ def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 def validation_module(run: Path, cache: str | None, root: str | None):
-    """The run's data module on its recorded split (config.yaml's data section, split.json)."""
-    import yaml
-
+    """The run's data module on its recorded split (its fit config's data section, split.json)."""
     from tbclf.data.datamodule import TBDataModule
+    from tbclf.engine.lifecycle import recorded_config
     from tbclf.errors import ConfigError
 
-    config_path, split_path = run / "config.yaml", run / "split.json"
-    for path in (config_path, split_path):
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist; --run takes a tbclf run folder.")
-    data = dict((yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("data") or {})
+    config_path, config = recorded_config(run)
+    if config_path is None or not (run / "split.json").is_file():
+        raise ConfigError(f"{run} has no readable config.yaml and split.json; --run takes a "
+                          "tbclf run folder (runs/NAME/version_N).")  # fmt: skip
+    data = dict(config.get("data") or {})
     if not data:
         raise ConfigError(f"{config_path} has no 'data' section.")
-    data.update(split_file=str(split_path), num_workers=0, predict_root=None, download=False)
+    data.update(split_file=str(run / "split.json"), num_workers=0, predict_root=None)
+    data.update(download=False)
     if cache:
         data["cache_dir"] = cache
     if root:
@@ -78,20 +77,18 @@ def compare(
     run: Path, dtype: str, cache: str | None = None, root: str | None = None
 ) -> dict[str, Any]:
     """Validation scores of the run's best checkpoint as trained and with a rounded backbone."""
-    from tbclf.models.backbone_file import DTYPES
     from tbclf.models.loading import load_classifier
 
-    if dtype not in DTYPES:
-        raise SystemExit(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     model = load_classifier(run / "checkpoints" / "best.ckpt", two_class=False)
-    models = {"float32": model, dtype: rounded(model, DTYPES[dtype])}
+    if not model.multiclass:
+        raise SystemExit(f"{run} is a two-class run; --run takes a pretraining run's folder.")
+    models = {"float32": model, dtype: rounded(model, dtype)}
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     labels = []
     with torch.no_grad():
         for batch in validation_module(run, cache, root).val_dataloader():
             for name, net in models.items():
-                out = net(batch["image"])
-                logits[name].append(out if out.ndim == 2 else torch.stack([-out, out], 1))
+                logits[name].append(net(batch["image"]))
             labels.append(batch["label"].long())
     y = torch.cat(labels)
     full = {name: torch.cat(parts) for name, parts in logits.items()}

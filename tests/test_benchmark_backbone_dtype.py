@@ -23,7 +23,7 @@ def test_rounding_touches_the_backbone_and_leaves_the_head() -> None:
     with torch.no_grad():
         for p in model.net.parameters():
             p.add_(torch.randn_like(p) * 1e-3)  # digits fp16 cannot hold
-    out = backbone_dtype.rounded(model, torch.float16)
+    out = backbone_dtype.rounded(model, "float16")
     before, after = model.net.state_dict(), out.net.state_dict()
     body = set(headless_state(model))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -34,7 +34,7 @@ def test_rounding_touches_the_backbone_and_leaves_the_head() -> None:
         assert after[key].dtype == before[key].dtype
 
 
-def test_scores_match_the_binary_and_multiclass_cases() -> None:
+def test_scores_rank_and_count_every_class() -> None:
     labels = torch.tensor([0, 0, 1, 1])
     two = torch.tensor([[2.0, -2.0], [0.5, 0.0], [0.0, 0.2], [-1.0, 1.0]])
     assert backbone_dtype.scores(two, labels)["auroc_macro"] == pytest.approx(1.0)
@@ -46,5 +46,5 @@ def test_scores_match_the_binary_and_multiclass_cases() -> None:
 def test_a_folder_that_is_not_a_run_is_named(tmp_path: Path) -> None:
     from tbclf.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="config.yaml does not exist"):
+    with pytest.raises(ConfigError, match="no readable config.yaml"):
         backbone_dtype.validation_module(tmp_path, None, None)

@@ -28,16 +28,21 @@ def headless_state(model: TBClassifier) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.net.state_dict().items() if k not in head}
 
 
-def backbone_tensors(ckpt_path: str | Path, dtype: str = "float16") -> tuple[dict, dict]:
-    """(tensors, metadata) of a checkpoint's network without its head; floating tensors cast
-    to ``dtype``, counters (BatchNorm's num_batches_tracked) kept as they are."""
+def headless_state_as(model: TBClassifier, dtype: str = "float16") -> dict[str, torch.Tensor]:
+    """What a backbone file stores: ``headless_state`` with floating tensors cast to ``dtype``,
+    counters (BatchNorm's num_batches_tracked) kept as they are."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    model = load_classifier(ckpt_path, two_class=False)
-    tensors = {
+    return {
         k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous()
         for k, v in headless_state(model).items()
     }
+
+
+def backbone_tensors(ckpt_path: str | Path, dtype: str = "float16") -> tuple[dict, dict]:
+    """(tensors, metadata) of a checkpoint's network without its head, as stored in ``dtype``."""
+    model = load_classifier(ckpt_path, two_class=False)
+    tensors = headless_state_as(model, dtype)
     hparams = dict(model.hparams)
     metadata = {
         "tbclf_model_class": f"{type(model).__module__}.{type(model).__qualname__}",
