@@ -62,8 +62,9 @@ def validation_module(run: Path, cache: str | None, root: str | None):
     data = dict(config.get("data") or {})
     if not data:
         raise ConfigError(f"{config_path} has no 'data' section.")
-    data.update(split_file=str(run / "split.json"), num_workers=0, predict_root=None)
-    data.update(download=False)
+    data.update(
+        split_file=str(run / "split.json"), num_workers=0, predict_root=None, download=False
+    )
     if cache:
         data["cache_dir"] = cache
     if root:
