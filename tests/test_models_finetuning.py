@@ -142,3 +142,28 @@ def test_resume_after_unfreeze_keeps_training_the_backbone(tmp_path):
     assert [g[0] for g in probe.groups[-1]] == ["head", "backbone"]
     assert probe.groups[-1][1][1] == pytest.approx(1e-3 * 0.1)
     assert all(p.requires_grad for p in resumed.net.parameters())
+
+
+def test_zero_head_starts_at_one_half_and_learns_on_the_frozen_backbone(tmp_path):
+    pl.seed_everything(0)
+    default = TimmClassifier(pretrained=False)
+    assert default.net.classifier.weight.abs().max() > 0.5  # timm's +-1/sqrt(1) for one logit
+    model = TimmClassifier(pretrained=False, head_init="zero", freeze_epochs=1)
+    images = torch.rand(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), torch.zeros(4))
+    start = backbone_state(model)
+    probe = Probe()
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[probe]
+    )
+    trainer.fit(model, datamodule=FakeDataModule())
+    assert changed(start, probe.states[0]) == set()  # frozen epoch: only the head moved
+    assert probe.heads[0].abs().max() > 0  # a zero head still gets gradients from the features
+    assert model.hparams.head_init == "zero"  # recorded with the run
+
+
+def test_bad_head_init_names_the_key():
+    with pytest.raises(ConfigError, match="model.head_init.*'timm', 'zero'.*'xavier'"):
+        TimmClassifier(pretrained=False, head_init="xavier")

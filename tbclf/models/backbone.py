@@ -342,6 +342,18 @@ def create_backbone(
         ) from e
 
 
+HEAD_INITS = ("timm", "zero")
+
+
+def init_head(head: nn.Module, how: str) -> None:
+    """Start a fresh classifier head as ``model.head_init`` says (``timm`` leaves it as built)."""
+    if how not in HEAD_INITS:
+        raise ConfigError(f"model.head_init must be one of {list(HEAD_INITS)}, got {how!r}")
+    if how == "zero":
+        for param in head.parameters():
+            nn.init.zeros_(param)
+
+
 def offline_hint(name: str, short: bool = False) -> str:
     """What to run when timm's hub cannot be reached: commands that work when pasted."""
     try:

@@ -19,6 +19,7 @@ from tbclf.errors import ConfigError
 from tbclf.models.backbone import (
     create_backbone,
     head_keys,
+    init_head,
     load_backbone,
     read_state_dict,
     weights_origin,
@@ -49,6 +50,11 @@ class TimmClassifier(TBClassifier):
         unfreeze_from: None unfreezes the whole backbone; an int k keeps the stem and
             ``blocks[:k]`` frozen for the whole run.
         backbone_lr_factor: backbone learning rate = head learning rate * this factor.
+        head_init: how the fresh head starts. ``timm``: the backbone's own initialisation
+            (for MobileNetV2 uniform in +-1/sqrt(outputs), i.e. +-1 for the TB logit: initial
+            logits of about +-20, more than the frozen epochs undo). ``zero``: weights and bias
+            0, so every image starts at P = 0.5 and the backbone is fine-tuned against a head
+            that learned from its features, not against a random projection.
         **kwargs: the training options of :class:`tbclf.models.module.TBClassifier` (lr,
             weight_decay, scheduler, pos_weight, threshold_strategy, ...).
     """
@@ -63,6 +69,7 @@ class TimmClassifier(TBClassifier):
         freeze_epochs: int = 5,
         unfreeze_from: int | None = None,
         backbone_lr_factor: float = 0.1,
+        head_init: str = "timm",
         **kwargs: Any,
     ) -> None:
         kwargs.pop("_class_path", None)  # on_save_checkpoint's note for the loader
@@ -85,6 +92,7 @@ class TimmClassifier(TBClassifier):
             drop_rate=drop_rate,
             num_classes=self.num_outputs,
         )
+        init_head(self.net.get_classifier(), head_init)
 
         self.input_adapter = timm_input_adapter(self.net, in_chans, self.channels_last)
         self._network_spec()
