@@ -52,9 +52,9 @@ class TimmClassifier(TBClassifier):
         backbone_lr_factor: backbone learning rate = head learning rate * this factor.
         head_init: how the fresh head starts. ``timm``: the backbone's own initialisation
             (for MobileNetV2 uniform in +-1/sqrt(outputs), i.e. +-1 for the TB logit: initial
-            logits of about +-20, more than the frozen epochs undo). ``zero``: weights and bias
-            0, so every image starts at P = 0.5 and the backbone is fine-tuned against a head
-            that learned from its features, not against a random projection.
+            logits from -8 to +18 on chest X-rays). ``zero``: weights and bias 0, so every
+            image starts at P = 0.5. Measured in benchmarks/README.md; the configs keep
+            ``timm``.
         **kwargs: the training options of :class:`tbclf.models.module.TBClassifier` (lr,
             weight_decay, scheduler, pos_weight, threshold_strategy, ...).
     """
